@@ -1,0 +1,29 @@
+"""Exponential backoff with full jitter, used for process restarts, reconnects and retries."""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    """``initial`` doubling to ``maximum``; each delay is drawn from [delay/2, delay] (jitter)."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0, factor: float = 2.0,
+                 rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.attempts = 0
+        self._rng = rng or random.Random()
+
+    def base_delay(self) -> float:
+        """The un-jittered delay for the next attempt."""
+        return min(self.maximum, self.initial * (self.factor ** self.attempts))
+
+    def next_delay(self) -> float:
+        base = self.base_delay()
+        self.attempts += 1
+        return self._rng.uniform(base / 2, base)
+
+    def reset(self) -> None:
+        self.attempts = 0

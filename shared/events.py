@@ -1,0 +1,176 @@
+"""The normalized event model, stream keys and dedup keys.
+
+Every event crosses the worker -> publisher channel as a *wire event*, a 5-element list::
+
+    [stream_key, dedup_key | None, stream_class, [field, value, field, value, ...], rx_ns]
+
+- ``stream_key``: the Redis stream it is XADDed to (scheme below);
+- ``dedup_key``: the natural key the publisher deduplicates on within its window (None = never);
+- ``stream_class``: ``listing``, ``trade``, ... (selects the rate limit and MAXLEN);
+- fields: flat field/value strings, exactly what lands in the stream entry;
+- ``rx_ns``: ``time.monotonic_ns()`` when the frame carrying it was received (CLOCK_MONOTONIC is
+  machine-wide, so the publisher can measure receipt -> XADD-acknowledged latency). Not stored.
+
+Stream keys:
+- ``events:raw`` - listing lifecycle events (Node A raw-event format plus extra fields);
+- ``md:{type}:{exchange}:{market}:{symbol}`` - market data, e.g. ``md:trade:binance:spot:BTC-USDT``.
+
+Prices and quantities are decimal strings exactly as the exchange sent them, never floats.
+Times are integer milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+LISTING_STREAM = "events:raw"
+
+#: normalized listing statuses (every exchange's own status maps onto one of these)
+PRE_TRADING = "pre_trading"
+TRADING = "trading"
+HALTED = "halted"
+DELISTED = "delisted"
+STATUSES = (PRE_TRADING, TRADING, HALTED, DELISTED)
+
+#: listing lifecycle event names
+EV_PRE_LISTING = "pre_listing"
+EV_LISTING = "listing"
+EV_STATUS_CHANGE = "status_change"
+EV_DELISTING = "delisting"
+
+WireEvent = list  # [stream, dedup, class, fields, rx_ns]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def md_stream_key(data_type: str, exchange: str, market: str, symbol: str) -> str:
+    """``md:{type}:{exchange}:{market}:{symbol}``; callers pass validated parts only."""
+    return f"md:{data_type}:{exchange}:{market}:{symbol}"
+
+
+@dataclass(slots=True)
+class Trade:
+    """One public trade. ``side`` is the taker's side: ``buy`` or ``sell``."""
+
+    exchange: str
+    market: str          # spot | perp | future | option
+    symbol: str          # canonical BASE-QUOTE
+    native_symbol: str   # as the exchange spells it
+    trade_id: str
+    price: str
+    qty: str
+    side: str
+    ts_exchange: int     # ms, exchange's trade time
+    ts_receive: int      # ms, when the collector received the frame
+
+    TYPE = "trade"
+
+    def stream_key(self) -> str:
+        return md_stream_key(self.TYPE, self.exchange, self.market, self.symbol)
+
+    def dedup_key(self) -> str:
+        return f"t:{self.exchange}:{self.market}:{self.native_symbol}:{self.trade_id}"
+
+    def fields(self) -> list[str]:
+        return [
+            "type", self.TYPE,
+            "exchange", self.exchange,
+            "market", self.market,
+            "symbol", self.symbol,
+            "native_symbol", self.native_symbol,
+            "trade_id", self.trade_id,
+            "price", self.price,
+            "qty", self.qty,
+            "side", self.side,
+            "ts_exchange", str(self.ts_exchange),
+            "ts_receive", str(self.ts_receive),
+        ]
+
+    def to_wire(self, rx_ns: int) -> WireEvent:
+        return [self.stream_key(), self.dedup_key(), self.TYPE, self.fields(), rx_ns]
+
+
+@dataclass(slots=True)
+class InstrumentInfo:
+    """One instrument as an exchange lists it, normalized (carried in ``instruments`` messages)."""
+
+    native_symbol: str
+    symbol: str          # canonical BASE-QUOTE
+    base: str
+    quote: str
+    market: str          # spot | perp | ...
+    status: str          # one of STATUSES
+    raw_status: str      # the exchange's own status string
+    url: str             # the exchange's trade page for it
+
+    def to_wire(self) -> dict[str, str]:
+        return {
+            "symbol": self.symbol, "base": self.base, "quote": self.quote, "market": self.market,
+            "status": self.status, "raw_status": self.raw_status, "url": self.url,
+        }
+
+
+def listing_event(
+    *,
+    exchange: str,
+    native_symbol: str,
+    info: dict[str, Any],
+    event: str,
+    source: str,
+    detected_at: int,
+    node_id: str,
+    previous_status: str | None = None,
+    raw_text: str | None = None,
+) -> WireEvent:
+    """A listing-lifecycle wire event for ``events:raw``.
+
+    Node A fields (source, source_type, exchange, symbol, event, raw_text, url, detected_at,
+    node_id) keep their meaning: ``symbol`` is the base asset, as in Node A's examples. Added:
+    market, pair (canonical BASE-QUOTE), native_symbol, base, quote, status, raw_status,
+    previous_status.
+    """
+    base, quote, market = info["base"], info["quote"], info["market"]
+    pair = info["symbol"]
+    status = info["status"]
+    if raw_text is None:
+        raw_text = _RAW_TEXT.get(event, "{base}/{quote} {event}").format(
+            base=base, quote=quote, event=event, status=info.get("raw_status", ""), market=market,
+            prev=previous_status or "",
+        )
+    fields = [
+        "source", source,
+        "source_type", "exchange",
+        "exchange", exchange,
+        "symbol", base,
+        "event", event,
+        "raw_text", raw_text,
+        "url", info.get("url", ""),
+        "detected_at", str(detected_at),
+        "node_id", node_id,
+        "market", market,
+        "pair", pair,
+        "native_symbol", native_symbol,
+        "base", base,
+        "quote", quote,
+        "status", status,
+        "raw_status", info.get("raw_status", ""),
+        "previous_status", previous_status or "",
+    ]
+    dedup = f"l:{exchange}:{market}:{native_symbol}:{event}:{status}"
+    return [LISTING_STREAM, dedup, "listing", fields, time.monotonic_ns()]
+
+
+_RAW_TEXT = {
+    EV_LISTING: "New trading pair {base}/{quote} available ({market})",
+    EV_PRE_LISTING: "New pair {base}/{quote} listed, not yet trading: {status} ({market})",
+    EV_STATUS_CHANGE: "{base}/{quote} status changed {prev} -> {status} ({market})",
+    EV_DELISTING: "{base}/{quote} delisted ({market})",
+}
+
+
+def fields_to_dict(fields: list[str]) -> dict[str, str]:
+    return dict(zip(fields[0::2], fields[1::2]))
