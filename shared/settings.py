@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    SettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -289,7 +290,7 @@ class Settings(BaseSettings):
     @field_validator("node_id")
     @classmethod
     def _check_node_id(cls, v: str) -> str:
-        if not _NODE_ID_RE.match(v):
+        if not _NODE_ID_RE.fullmatch(v):
             raise ValueError("must be 1-64 characters from A-Z a-z 0-9 _ . -")
         return v
 
@@ -374,6 +375,8 @@ def load_settings(config_path: str | Path | None = None, **cli_overrides: Any) -
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(format_config_error(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(_env_json_error() or f"config error: {exc}") from None
     finally:
         _CONFIG_PATH_OVERRIDE["path"] = None
     try:
@@ -412,6 +415,34 @@ def format_config_error(exc: ValidationError) -> str:
         msg = "unknown setting"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     return f"config error: {loc}: {msg}{more}"
+
+
+def _env_json_error() -> str | None:
+    """Name the COLLECTOR_* variable whose value should be JSON (a list or mapping) and is not."""
+    import json
+    import typing
+
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith("COLLECTOR_"):
+            continue
+        path = name[len("COLLECTOR_"):].lower().split("__")
+        model: Any = Settings
+        annotation: Any = None
+        for part in path:
+            fields = getattr(model, "model_fields", None)
+            if not fields or part not in fields:
+                annotation = None
+                break
+            annotation = fields[part].annotation
+            model = annotation
+        origin = typing.get_origin(annotation)
+        if origin in (list, dict):
+            try:
+                json.loads(value)
+            except ValueError:
+                kind = "list" if origin is list else "mapping"
+                return f"config error: {'.'.join(path)}: {name} is not valid JSON (expected a JSON {kind})"
+    return None
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -17,11 +17,11 @@ NATIVE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 
 
 def is_canonical_symbol(s: object) -> bool:
-    return isinstance(s, str) and CANONICAL_RE.match(s) is not None
+    return isinstance(s, str) and CANONICAL_RE.fullmatch(s) is not None
 
 
 def is_safe_native_symbol(s: object) -> bool:
-    return isinstance(s, str) and NATIVE_RE.match(s) is not None and s.isascii()
+    return isinstance(s, str) and NATIVE_RE.fullmatch(s) is not None and s.isascii()
 
 
 def canonical(base: str, quote: str) -> str | None:
@@ -29,7 +29,7 @@ def canonical(base: str, quote: str) -> str | None:
     if not isinstance(base, str) or not isinstance(quote, str):
         return None
     b, q = base.upper(), quote.upper()
-    if ASSET_RE.match(b) and ASSET_RE.match(q) and b.isascii() and q.isascii():
+    if ASSET_RE.fullmatch(b) and ASSET_RE.fullmatch(q) and b.isascii() and q.isascii():
         return f"{b}-{q}"
     return None
 
