@@ -1,0 +1,194 @@
+"""Binance spot: combined-stream trades and ``/api/v3/exchangeInfo`` instruments.
+
+Operational rules (docs, see research/exchange-quirks.md A.1):
+- WS ``wss://stream.binance.com:9443/stream?streams=a/b``: payloads wrapped in
+  ``{"stream":..,"data":..}``; ``/ws/<stream>`` sends them bare (both are accepted).
+- The server pings every 20 s and wants a pong echoing the payload within 1 min; client pings
+  are NOT sent: every incoming message, pings and pongs included, counts toward 5 msgs/s.
+- At most 1024 streams per connection; a connection lives 24 h; ``serverShutdown`` announces
+  a maintenance cut (rotate now).
+- REST weight 6000/min per IP, header ``X-MBX-USED-WEIGHT-1M``; 429 then 418 bans, both with
+  ``Retry-After``. exchangeInfo weight 20.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import orjson
+
+from shared.events import HALTED, PRE_TRADING, TRADING, InstrumentInfo, Trade
+from shared.symbols import canonical, is_safe_native_symbol, split_canonical
+
+from .base import (
+    ExchangeAdapter,
+    InstrumentList,
+    InstrumentsFormatError,
+    InstrumentsRequest,
+    KeepAlive,
+    ParseResult,
+)
+
+
+
+def _is_decimal(s: str) -> bool:
+    """A plain decimal string as Binance sends prices and quantities ("83034.29000000").
+
+    (Cheaper than a regex on the hot path; ``isascii`` keeps out unicode digits like "²".)
+    """
+    return (0 < len(s) <= 64 and s.isascii() and s[0] != "." and s[-1] != "."
+            and s.replace(".", "", 1).isdigit())
+
+STATUS_MAP = {
+    "TRADING": TRADING,
+    "PRE_TRADING": PRE_TRADING,
+    "AUCTION_MATCH": PRE_TRADING,
+    "BREAK": HALTED,
+    "HALT": HALTED,
+    "END_OF_DAY": HALTED,
+    "POST_TRADING": HALTED,
+    "CANCEL_ONLY": HALTED,
+}
+#: a status Binance adds later is not "trading" until we know what it means
+UNKNOWN_STATUS = HALTED
+
+_RAW_STATUS_RE = re.compile(r"[A-Z_]{1,32}")
+
+TRADE_PAGE = "https://www.binance.com/en/trade/{base}_{quote}"
+
+# Results shared by every frame of one kind (read-only by contract: the transport never mutates).
+_IGNORED = ParseResult()
+_IGNORED_DATA = ParseResult(data=True)
+_GARBAGE = ParseResult(parse_errors=1)
+_MALFORMED_DATA = ParseResult(data=True, parse_errors=1)
+_REJECTED = ParseResult(data=True, rejected=1)
+_SHUTDOWN = ParseResult(rotate=True)
+
+
+class BinanceSpot(ExchangeAdapter):
+    name = "binance"
+    market = "spot"
+    default_rest_base = "https://api.binance.com"
+    default_ws_base = "wss://stream.binance.com:9443"
+    keepalive = KeepAlive(server_pings=True, client_ping=False, interval=20.0)
+    max_streams_per_connection = 1024
+    max_send_rate = 5.0
+    rest_weight_limit = 6000
+    rest_weight_window = 60.0
+    rest_used_weight_header = "X-MBX-USED-WEIGHT-1M"
+    max_connection_lifetime = 24 * 3600.0
+
+    EXCHANGE_INFO_PATH = "/api/v3/exchangeInfo"
+    EXCHANGE_INFO_WEIGHT = 20
+
+    def native_symbol(self, canonical_symbol: str) -> str:
+        base, quote = split_canonical(canonical_symbol)
+        return base + quote
+
+    def trade_stream(self, canonical_symbol: str) -> str:
+        return self.native_symbol(canonical_symbol).lower() + "@trade"
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return f"{self.default_ws_base}/stream?streams={'/'.join(streams)}"
+
+    # ---- WebSocket messages ----
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        if not isinstance(raw, str):
+            return _GARBAGE  # Binance JSON streams never send binary frames
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _GARBAGE
+        if type(msg) is not dict:
+            return _GARBAGE
+        data = msg.get("data")
+        if type(data) is dict and "stream" in msg:
+            return self._parse_payload(data, rx_ns, rx_ms, wrapped=True)
+        if "data" in msg and "stream" in msg:
+            return _MALFORMED_DATA  # a wrapper around something that is not an object
+        if "e" in msg:
+            return self._parse_payload(msg, rx_ns, rx_ms, wrapped=False)
+        if "id" in msg and "result" in msg:
+            return _IGNORED  # reply to SUBSCRIBE / LIST_SUBSCRIPTIONS
+        if "code" in msg and "msg" in msg:
+            return ParseResult(error=_error_text(msg))
+        return _GARBAGE
+
+    def _parse_payload(self, d: dict, rx_ns: int, rx_ms: int, *, wrapped: bool) -> ParseResult:
+        e = d.get("e")
+        if e == "trade":
+            return self._parse_trade(d, rx_ns, rx_ms)
+        if e == "serverShutdown":
+            return _SHUTDOWN
+        # another stream type (depth, bookTicker without "e", ...): market data, not ours
+        return _IGNORED_DATA if (wrapped or isinstance(e, str)) else _GARBAGE
+
+    def _parse_trade(self, d: dict, rx_ns: int, rx_ms: int) -> ParseResult:
+        native = d.get("s")
+        if type(native) is not str:
+            return _MALFORMED_DATA
+        symbol = self.canonical_by_native.get(native)
+        if symbol is None:
+            # hostile (``*``, spaces, braces, 10 kB, unicode) or simply not configured: never
+            # let it near a stream key
+            return _REJECTED
+        trade_id, price, qty, ts, maker = d.get("t"), d.get("p"), d.get("q"), d.get("T"), d.get("m")
+        if (type(trade_id) is not int or type(ts) is not int or type(maker) is not bool
+                or type(price) is not str or type(qty) is not str
+                or not _is_decimal(price) or not _is_decimal(qty)):
+            return _MALFORMED_DATA
+        trade = Trade(
+            exchange=self.name, market=self.market, symbol=symbol, native_symbol=native,
+            trade_id=str(trade_id), price=price, qty=qty,
+            # m = buyer is the maker, so the taker sold
+            side="sell" if maker else "buy",
+            ts_exchange=ts, ts_receive=rx_ms,
+        )
+        return ParseResult(events=[trade.to_wire(rx_ns)], data=True)
+
+    # ---- REST instruments ----
+    def instruments_requests(self) -> list[InstrumentsRequest]:
+        return [InstrumentsRequest("spot", self.default_rest_base + self.EXCHANGE_INFO_PATH,
+                                   self.EXCHANGE_INFO_WEIGHT)]
+
+    def parse_instruments(self, market: str, body: Any) -> InstrumentList:
+        if not isinstance(body, dict) or not isinstance(body.get("symbols"), list):
+            raise InstrumentsFormatError("exchangeInfo body has no 'symbols' list")
+        out: list[InstrumentInfo] = []
+        rejected = 0
+        for row in body["symbols"]:
+            info = self._instrument(market, row)
+            if info is None:
+                rejected += 1
+            else:
+                out.append(info)
+        return InstrumentList(out, rejected)
+
+    def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
+        if not isinstance(row, dict):
+            return None
+        native, base_asset, quote_asset = row.get("symbol"), row.get("baseAsset"), row.get("quoteAsset")
+        raw_status = row.get("status")
+        if not is_safe_native_symbol(native) or not isinstance(raw_status, str):
+            return None
+        pair = canonical(base_asset, quote_asset)
+        if pair is None:
+            return None
+        base, quote = split_canonical(pair)
+        if native.upper() != base + quote:
+            return None  # the name and its parts disagree: trust neither
+        if not _RAW_STATUS_RE.fullmatch(raw_status):
+            return None
+        return InstrumentInfo(
+            native_symbol=native, symbol=pair, base=base, quote=quote, market=market,
+            status=STATUS_MAP.get(raw_status, UNKNOWN_STATUS), raw_status=raw_status,
+            url=TRADE_PAGE.format(base=base, quote=quote),
+        )
+
+
+def _error_text(msg: dict) -> str:
+    code = msg.get("code")
+    text = msg.get("msg")
+    text = text[:200] if isinstance(text, str) else repr(text)[:200]
+    return f"binance error {code if isinstance(code, int) else '?'}: {text}"

@@ -1,0 +1,263 @@
+"""An exchange worker process: adapter + transports -> channel to the publisher.
+
+Entry: :func:`worker_main` (spawned by the supervisor). Inside, :class:`Worker` wires
+- the adapter (``workers.exchanges.get_adapter``),
+- a :class:`~workers.channel.PublisherChannel` to the publisher's Unix socket,
+- a :class:`~workers.transport.ws.WsManager` for the configured symbols' trade streams,
+- an instruments poller on a :class:`~workers.transport.rest.RestClient` (listing detection),
+and reports stats in every beat. On ``link.stop_requested``: WebSocket and poller stop first
+(no new data accepted), then the channel writes out everything it holds, then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from typing import Any
+
+from collector.logs import setup_logging
+from shared.child import StatusLink, run_child
+from shared.settings import ExchangeSettings, Settings
+from shared.states import EXIT_CONFIG, EXIT_OK, EXIT_PARENT_GONE
+from workers.channel import PublisherChannel
+from workers.exchanges import UnknownExchangeError, get_adapter
+from workers.exchanges.base import ExchangeAdapter, InstrumentsFormatError, InstrumentsRequest
+from workers.transport.rest import CircuitOpenError, RestClient, RestError
+from workers.transport.ws import WsManager
+
+log = logging.getLogger(__name__)
+
+
+def worker_main(exchange: str, settings: Settings, status_sock: socket.socket) -> int:
+    """Process entry of one exchange worker; returns the exit code."""
+    setup_logging(settings, exchange)
+    worker = Worker(exchange, settings)
+    return run_child(exchange, worker.run, status_sock)
+
+
+class Worker:
+    """Everything one exchange worker runs, and its stats."""
+
+    def __init__(self, exchange: str, settings: Settings) -> None:
+        self.exchange = exchange
+        self.settings = settings
+        self.cfg: ExchangeSettings | None = getattr(settings.exchanges, exchange, None)
+        self.adapter: ExchangeAdapter | None = None
+        self.channel: PublisherChannel | None = None
+        self.ws: WsManager | None = None
+        self.rest: RestClient | None = None
+        self._poll_task: asyncio.Task | None = None
+        self._hook_tasks: list[asyncio.Task] = []
+        self.polls = 0
+        self.poll_parse_errors = 0
+        self.poll_rejected = 0
+        self.last_poll_ok_at: int | None = None
+        self.last_error: str | None = None
+        self._seen_errors: dict[str, str | None] = {}
+        self._poll_failing = False
+
+    # ---- configuration ----
+    def configure(self) -> str | None:
+        """Build the adapter; return one clear line when the configuration cannot work."""
+        if self.cfg is None or not isinstance(self.cfg, ExchangeSettings):
+            return f"config error: exchanges.{self.exchange[:40]}: unknown exchange"
+        try:
+            self.adapter = get_adapter(self.exchange, self.cfg.symbols)
+        except UnknownExchangeError as exc:
+            return f"config error: exchanges.{self.exchange}: {exc}"
+        except ValueError as exc:
+            return f"config error: exchanges.{self.exchange}.symbols: {exc}"
+        wants_trades = self.cfg.trades and bool(self.cfg.symbols)
+        if not wants_trades and not self.cfg.listings:
+            return (f"config error: exchanges.{self.exchange}: nothing to collect "
+                    f"(set symbols with trades=true, or listings=true)")
+        return None
+
+    # ---- the process body ----
+    async def run(self, link: StatusLink) -> int:
+        problem = self.configure()
+        if problem is not None:
+            log.error("%s", problem)
+            return EXIT_CONFIG
+        assert self.cfg is not None and self.adapter is not None
+        cfg, adapter = self.cfg, self.adapter
+
+        self.channel = PublisherChannel(self.exchange, self.settings.publisher_socket, self.settings.channel)
+        self.channel.start()
+        await link.start(self.stats)
+
+        if cfg.trades and cfg.symbols:
+            self.ws = WsManager(adapter, cfg, self.channel.put_many)
+            await self.ws.start(adapter.trade_streams())
+        if cfg.listings:
+            self.rest = RestClient(
+                self.exchange, cfg,
+                weight_limit=adapter.rest_weight_limit,
+                weight_header=adapter.rest_used_weight_header,
+                weight_window=adapter.rest_weight_window,
+            )
+            self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.exchange}-poll")
+        self._start_test_hooks()
+        link.ready()
+        log.info("%s worker running (trades: %d symbols, listings: %s)", self.exchange,
+                 len(cfg.symbols) if cfg.trades else 0, cfg.listings)
+
+        await link.stop_requested.wait()
+        stop_started = time.monotonic()
+        grace = max(0.5, self.settings.supervisor.stop_timeout * 0.8)
+        log.info("%s worker stopping", self.exchange)
+        await self._stop_sources()
+        await self.channel.close(stop_started + grace)
+        log.info("%s worker stopped: %d events delivered, %d dropped", self.exchange,
+                 self.channel.events_out, self.channel.drops)
+        return EXIT_PARENT_GONE if link.parent_gone else EXIT_OK
+
+    async def _stop_sources(self) -> None:
+        """Stop everything that produces events (no new data is accepted after this)."""
+        for t in self._hook_tasks:
+            t.cancel()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        await asyncio.gather(*self._hook_tasks, *([self._poll_task] if self._poll_task else []),
+                             return_exceptions=True)
+        if self.ws is not None:
+            try:
+                await asyncio.wait_for(self.ws.stop(), 5.0)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - stopping must go on
+                log.warning("%s: WebSocket stop did not finish cleanly", self.exchange)
+        if self.rest is not None:
+            await self.rest.close()
+
+    # ---- listing detection: instruments poller ----
+    async def _poll_loop(self) -> None:
+        assert self.cfg is not None and self.adapter is not None
+        requests = self.adapter.instruments_requests()
+        while True:
+            started = time.monotonic()
+            for req in requests:
+                try:
+                    await self.poll_once(req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - one bad poll must not end polling
+                    log.exception("%s: instruments poll failed unexpectedly", self.exchange)
+                    self.last_error = f"{self.exchange} instruments poll: internal error"
+            interval = self.cfg.poll_interval * (1.0 + random.uniform(-self.cfg.poll_jitter, self.cfg.poll_jitter))
+            await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
+
+    async def poll_once(self, req: InstrumentsRequest) -> bool:
+        """One instruments request -> one ``instruments`` frame. True when a frame was sent."""
+        assert self.rest is not None and self.adapter is not None and self.channel is not None
+        try:
+            resp = await self.rest.get_json(req.url, weight=req.weight)
+        except CircuitOpenError:
+            return False  # the breaker logged its transition; nothing to add every poll
+        except RestError as exc:
+            self.last_error = f"{self.exchange} instruments: {exc}"
+            if not self._poll_failing:
+                log.warning("%s instruments poll failing: %s", self.exchange, exc)
+            self._poll_failing = True
+            return False
+        try:
+            parsed = self.adapter.parse_instruments(req.market, resp.body)
+        except InstrumentsFormatError as exc:
+            self.poll_parse_errors += 1
+            self.last_error = f"{self.exchange} instruments: {exc}"
+            log.warning("%s instruments response rejected: %s", self.exchange, exc)
+            return False
+        self.poll_rejected += parsed.rejected
+        if not parsed:
+            # an empty list is far likelier a broken response than every symbol delisted
+            self.last_error = f"{self.exchange} instruments: empty list ({parsed.rejected} rejected)"
+            log.warning("%s", self.last_error)
+            return False
+        if self._poll_failing:
+            log.info("%s instruments poll recovered", self.exchange)
+            self._poll_failing = False
+        self.polls += 1
+        self.last_poll_ok_at = resp.received_at_ms
+        self.channel.send_instruments(
+            req.market, True, f"rest_{self.exchange}", resp.received_at_ms,
+            {info.native_symbol: info.to_wire() for info in parsed},
+        )
+        return True
+
+    # ---- stats (beat payload) ----
+    def stats(self) -> dict[str, Any]:
+        ch = self.channel.stats() if self.channel is not None else {}
+        ws = self.ws.stats() if self.ws is not None else {}
+        rest = self.rest.stats() if self.rest is not None else {}
+        self._note_errors()
+        circuit = rest.get("circuit", "CLOSED")
+        if self.ws is not None:
+            connection = ws["connection"]
+            last_message_at = ws["last_message_at"]
+        else:
+            connection = "down" if circuit == "OPEN" else "connected"
+            last_message_at = self.last_poll_ok_at
+        return {
+            "exchange": self.exchange,
+            "events_out": ch.get("events_out", 0),
+            "drops": ch.get("drops", 0),
+            "parse_errors": ws.get("parse_errors", 0) + self.poll_parse_errors,
+            "rejected": ws.get("rejected", 0) + self.poll_rejected,
+            "ws_connections": ws.get("ws_connections", 0),
+            "ws_reconnects": ws.get("ws_reconnects", 0),
+            "ws_stale": ws.get("ws_stale", 0),
+            "rest_calls": rest.get("rest_calls", 0),
+            "rest_errors": rest.get("rest_errors", 0),
+            "last_message_at": last_message_at,
+            "last_event_at": ws.get("last_event_at"),
+            "connection": connection,
+            "stale": bool(ws.get("stale", False)),
+            "circuit": circuit,
+            "channel": ch.get("channel", "disconnected"),
+            "queued_batches": ch.get("queued_batches", 0),
+            "last_error": self.last_error,
+        }
+
+    def _note_errors(self) -> None:
+        """last_error = the most recent new error of any component (checked once per beat)."""
+        for name, comp in (("ws", self.ws), ("rest", self.rest), ("channel", self.channel)):
+            err = getattr(comp, "last_error", None) if comp is not None else None
+            if err is not None and err != self._seen_errors.get(name):
+                self.last_error = err
+            self._seen_errors[name] = err
+
+    # ---- test hooks (settings.testing; never set in production) ----
+    def _start_test_hooks(self) -> None:
+        t = self.settings.testing
+        if t.leak_exchange == self.exchange and t.leak_mb_per_s > 0:
+            log.warning("TEST HOOK: leaking %.1f MB/s of memory", t.leak_mb_per_s)
+            self._hook_tasks.append(asyncio.create_task(_leak_memory(t.leak_mb_per_s)))
+        if t.fd_leak_exchange == self.exchange and t.fd_leak_per_s > 0:
+            log.warning("TEST HOOK: leaking %.1f file descriptors/s", t.fd_leak_per_s)
+            self._hook_tasks.append(asyncio.create_task(_leak_fds(t.fd_leak_per_s)))
+
+
+async def _leak_memory(mb_per_s: float) -> None:
+    held: list[bytearray] = []
+    step = 0.1
+    chunk = max(1, int(mb_per_s * 1024 * 1024 * step))
+    while True:
+        # filled with non-zero bytes so every page is touched (counts in RSS)
+        held.append(bytearray(b"\x01") * chunk)
+        await asyncio.sleep(step)
+
+
+async def _leak_fds(per_s: float) -> None:
+    held: list[Any] = []
+    interval = 1.0 / per_s
+    warned = False
+    while True:
+        try:
+            held.append(open(os.devnull, "rb"))  # noqa: SIM115 - kept open on purpose
+        except OSError as exc:
+            if not warned:
+                log.warning("TEST HOOK: fd leak stopped growing: %s", exc)
+                warned = True
+        await asyncio.sleep(interval)
