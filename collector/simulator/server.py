@@ -1,0 +1,585 @@
+"""Local Binance simulator: REST + WebSocket with the real payload shapes, scriptable at run time.
+
+Run it with ``python -m collector.simulator --port 0`` (or ``collector simulate``); it prints
+``SIMULATOR READY http://127.0.0.1:<port>`` once it listens. Binance endpoints:
+
+- ``GET /api/v3/exchangeInfo`` (weight 20), ``GET /api/v3/depth`` (weight by limit),
+  ``GET /api/v3/ping``, ``GET /api/v3/time``, ``GET /fapi/v1/exchangeInfo`` (USDⓈ-M, weight 1);
+  every answer carries ``X-MBX-USED-WEIGHT-1M`` (rolling minute; 429 + Retry-After past the limit).
+- WebSocket ``/stream?streams=a/b`` (payloads wrapped ``{"stream","data"}``), ``/ws/<stream>`` and
+  ``/ws`` (bare payloads); SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY;
+  more than 5 incoming messages in a second -> close 1008; more than 1024 streams -> error; a server
+  ping every ``--ping-interval`` s that must be answered (with its payload) within a minute.
+
+Control endpoints (JSON in/out) live under ``/_sim/``; ``collector.simulator.client`` wraps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from collector.simulator.state import (
+    MAX_SYMBOL_LEN,
+    SimConfig,
+    SimError,
+    SimState,
+    now_ms,
+    split_symbol,
+)
+
+log = logging.getLogger("collector.simulator")
+
+STATE_KEY: web.AppKey[SimState] = web.AppKey("sim_state", SimState)
+JSON_CT = "application/json;charset=UTF-8"
+MAX_STREAM_NAME = 1024
+_ID_RE = re.compile(r"^[A-Za-z0-9]{1,36}$")
+_METHODS = "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`"
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers={"Content-Type": JSON_CT, **(headers or {})})
+
+
+def _binance_error(code: int, msg: str, status: int = 400, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"code": code, "msg": msg}, status=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------- REST
+def _weight_headers(state: SimState, family: str) -> dict[str, str]:
+    used = str(state.used_weight(family))
+    return {"X-MBX-USED-WEIGHT": used, "X-MBX-USED-WEIGHT-1M": used}
+
+
+def _charge(state: SimState, path: str, weight: int) -> tuple[web.Response | None, dict[str, str]]:
+    """Charge request weight; a 429 answer when the rolling minute is full (as Binance does)."""
+    family = state.weight_family(path)
+    ok, used, retry_after = state.charge_weight(family, weight)
+    headers = {"X-MBX-USED-WEIGHT": str(used), "X-MBX-USED-WEIGHT-1M": str(used)}
+    if ok:
+        return None, headers
+    limit = state.weight_limit(family)
+    headers["Retry-After"] = str(retry_after)
+    return _binance_error(
+        -1003, f"Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
+        "Please use WebSocket Streams for live updates to avoid polling the API.", 429, headers), headers
+
+
+async def _fault_response(state: SimState, request: web.Request, fault: Any) -> web.StreamResponse | None:
+    """The scripted answer for a faulted request, or None to continue normally."""
+    family = state.weight_family(request.path)
+    headers = _weight_headers(state, family)
+    if fault.kind == "429":
+        headers["Retry-After"] = str(fault.retry_after)
+        return _binance_error(
+            -1003, f"Too much request weight used; current limit is {state.weight_limit(family)} request "
+            "weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+            429, headers)
+    if fault.kind == "418":
+        headers["Retry-After"] = str(fault.retry_after)
+        until = now_ms() + fault.retry_after * 1000
+        return _binance_error(
+            -1003, f"Way too much request weight used; IP banned until {until}. "
+            "Please use WebSocket Streams for live updates to avoid bans.", 418, headers)
+    if fault.kind == "5xx":
+        if fault.body is not None:
+            return web.Response(text=fault.body, status=fault.status, headers=headers)
+        if fault.status in (502, 504):  # what the load balancer in front says
+            return web.Response(text=f"<html><body><h1>{fault.status} Gateway error</h1></body></html>",
+                                status=fault.status, content_type="text/html", headers=headers)
+        if fault.status == 503:
+            return _binance_error(-1008, "Server is currently overloaded with other requests. "
+                                  "Please try again in a few minutes.", 503, headers)
+        return _binance_error(-1000, "An unknown error occurred while processing the request.",
+                              fault.status, headers)
+    if fault.kind == "garbage":
+        body = fault.body if fault.body is not None else "<html><head><title>Bad Gateway</title></head> \x00{{{"
+        return web.Response(body=body.encode(), status=200, headers={"Content-Type": JSON_CT, **headers})
+    if fault.kind == "timeout":
+        # hang longer than the client's timeout, then answer normally (if anyone still listens)
+        await asyncio.sleep(fault.hang_s)
+        return None
+    if fault.kind == "empty":
+        request["sim_empty"] = True
+        return None
+    return None
+
+
+@web.middleware
+async def _rest_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    path = request.path
+    if path.startswith("/_sim/"):
+        try:
+            return await handler(request)
+        except SimError as exc:
+            return _json({"ok": False, "error": exc.message}, status=exc.status)
+    state = request.app[STATE_KEY]
+    is_ws = path in ("/stream", "/ws") or path.startswith("/ws/")
+    if not is_ws:
+        state.count_rest_call(path)
+    fault = state.take_fault(path, rest=not is_ws)
+    if fault is not None:
+        resp = await _fault_response(state, request, fault)
+        if resp is not None:
+            return resp
+    return await handler(request)
+
+
+async def _exchange_info(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    market = "usdm" if request.path.startswith("/fapi/") else "spot"
+    rejected, headers = _charge(state, request.path, 1 if market == "usdm" else 20)
+    if rejected:
+        return rejected
+    q = request.query
+    symbols: list[str] | None = None
+    if "symbol" in q and "symbols" in q:
+        return _binance_error(-1101, "Parameter 'symbol' and 'symbols' cannot be sent together.", headers=headers)
+    if "symbol" in q:
+        symbols = [q["symbol"]]
+    elif "symbols" in q:
+        try:
+            parsed = orjson.loads(q["symbols"])
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed) or not parsed:
+            return _binance_error(-1100, "Illegal characters found in parameter 'symbols'; legal range is "
+                                  "'^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.",
+                                  headers=headers)
+        symbols = parsed
+    try:
+        body = state.exchange_info_body(market, symbols=symbols, status=q.get("symbolStatus"),
+                                        empty=bool(request.get("sim_empty")))
+    except SimError:
+        return _binance_error(-1121, "Invalid symbol.", headers=headers)
+    return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
+
+
+def _depth_weight(limit: int) -> int:
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 25
+    if limit <= 1000:
+        return 50
+    return 250
+
+
+async def _depth(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    q = request.query
+    raw_limit = q.get("limit", "100")
+    if not raw_limit.isdigit() or len(raw_limit) > 20:
+        return _binance_error(-1100, "Illegal characters found in parameter 'limit'; legal range is "
+                              "'^[0-9]{1,20}$'.", headers=_weight_headers(state, "spot"))
+    limit = min(max(int(raw_limit), 1), 5000)  # Binance truncates above 5000
+    rejected, headers = _charge(state, request.path, _depth_weight(limit))
+    if rejected:
+        return rejected
+    symbol = q.get("symbol")
+    if not symbol:
+        return _binance_error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                              headers=headers)
+    try:
+        body = state.depth_body(symbol, limit, empty=bool(request.get("sim_empty")))
+    except SimError:
+        return _binance_error(-1121, "Invalid symbol.", headers=headers)
+    return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
+
+
+async def _ping(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    rejected, headers = _charge(state, request.path, 1)
+    return rejected or web.Response(body=b"{}", headers={"Content-Type": JSON_CT, **headers})
+
+
+async def _time(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    rejected, headers = _charge(state, request.path, 1)
+    return rejected or _json({"serverTime": now_ms()}, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------- WebSocket
+def _valid_id(rid: Any) -> bool:
+    if rid is None:
+        return True
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return -(2 ** 63) <= rid < 2 ** 63
+    return isinstance(rid, str) and _ID_RE.match(rid) is not None
+
+
+def _handle_control(state: SimState, conn: Any, data: str) -> None:
+    """One JSON control message, answered the way Binance's stream servers answer."""
+    state.counters["control_messages"] += 1
+
+    def error(code: int, msg: str, rid: Any = ..., ) -> None:
+        state.counters["control_errors"] += 1
+        reply: dict[str, Any] = {"code": code, "msg": msg}
+        if rid is not ...:
+            reply["id"] = rid
+        state.send_control_frame(conn, reply)
+
+    try:
+        req = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        error(3, f"Invalid JSON: expected value at line {exc.lineno} column {exc.colno}")
+        return
+    if not isinstance(req, dict):
+        error(2, "Invalid request: expected a JSON object at line 1 column 1")
+        return
+    if "method" not in req:
+        error(2, f"Invalid request: missing field `method` at line 1 column {len(data)}")
+        return
+    rid = req.get("id", ...)
+    if rid is ... or not _valid_id(rid):
+        error(2, "Invalid request: request ID must be an unsigned integer")
+        return
+    method, params = req.get("method"), req.get("params")
+    if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        if (not isinstance(params, list) or not all(isinstance(p, str) and 0 < len(p) <= MAX_STREAM_NAME
+                                                     for p in params)):
+            error(2, "Invalid request: params must be a list of stream names", rid)
+            return
+        if method == "SUBSCRIBE":
+            new = {p for p in params if p not in conn.streams}
+            if len(conn.streams) + len(new) > state.config.max_streams:
+                error(2, f"Invalid request: too many streams; at most {state.config.max_streams} "
+                      "streams per connection", rid)
+                return
+            state.subscribe(conn, list(dict.fromkeys(params)))
+        else:
+            state.unsubscribe(conn, params)
+        state.send_control_frame(conn, {"result": None, "id": rid})
+    elif method == "LIST_SUBSCRIPTIONS":
+        state.send_control_frame(conn, {"result": list(conn.streams), "id": rid})
+    elif method in ("SET_PROPERTY", "GET_PROPERTY"):
+        if not isinstance(params, list) or not params or not isinstance(params[0], str):
+            error(2, "Invalid request: property name must be a string", rid)
+            return
+        if params[0] != "combined":
+            error(0, "Unknown property", rid)
+            return
+        if method == "GET_PROPERTY":
+            state.send_control_frame(conn, {"result": conn.combined, "id": rid})
+            return
+        if len(params) != 2 or not isinstance(params[1], bool):
+            error(1, "Invalid value type: expected Boolean", rid)
+            return
+        conn.combined = params[1]
+        state.send_control_frame(conn, {"result": None, "id": rid})
+    else:
+        error(2, f"Invalid request: unknown variant `{method}`, expected one of {_METHODS} at line 1 column 28",
+              rid)
+
+
+async def _ws_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    path = request.path
+    if path.rstrip("/") == "/stream":
+        combined = True
+        streams = [s for s in request.query.get("streams", "").split("/") if s]
+    else:
+        combined = False
+        streams = [s for s in path[len("/ws"):].split("/") if s]
+    streams = list(dict.fromkeys(streams))
+    if len(streams) > state.config.max_streams or any(len(s) > MAX_STREAM_NAME for s in streams):
+        state.counters["ws_rejected"] += 1
+        return _binance_error(-1102, f"Too many streams requested: {len(streams)} > "
+                              f"{state.config.max_streams} per connection.", 400)
+    ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=1024 * 1024, timeout=3.0)
+    if not ws.can_prepare(request).ok:
+        state.counters["ws_rejected"] += 1
+        return web.Response(status=400, text="WebSocket upgrade expected")
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:
+        return ws
+    peer = request.remote or "?"
+    conn = state.register(ws, transport, path, combined, streams, peer)
+    try:
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            if conn.closing:
+                continue
+            if conn.over_rate(time.monotonic(), state.config.max_incoming_per_second):
+                # Binance: "A connection that goes beyond the limit will be disconnected"
+                state.close_conn(conn, 1008, "Too many requests", "closed_rate_limit")
+                continue
+            if kind == WSMsgType.TEXT:
+                try:
+                    _handle_control(state, conn, msg.data)
+                except Exception:  # noqa: BLE001 - one bad message must not kill the server side
+                    log.exception("control message handling failed")
+            elif kind == WSMsgType.BINARY:
+                state.counters["control_messages"] += 1
+                state.counters["control_errors"] += 1
+                state.send_control_frame(conn, {"code": 3, "msg": "Invalid JSON: expected value at line 1 column 1"})
+            elif kind == WSMsgType.PING:
+                state.on_ping(conn, msg.data)
+            elif kind == WSMsgType.PONG:
+                state.on_pong(conn, msg.data)
+    except ConnectionError:
+        pass
+    finally:
+        state.unregister(conn)
+        if not conn.closing:
+            conn.closing = True
+            if not ws.closed:
+                try:
+                    await asyncio.wait_for(ws.close(), 2.0)
+                except Exception:  # noqa: BLE001
+                    transport.abort()
+    return ws
+
+
+# ---------------------------------------------------------------------------------------- control
+_Spec = dict[str, tuple[tuple[type, ...], Any]]  # field -> (accepted types, default; ... = required)
+
+
+def _fields(body: dict[str, Any], spec: _Spec) -> dict[str, Any]:
+    unknown = set(body) - set(spec)
+    if unknown:
+        raise SimError(400, f"unknown field(s): {sorted(unknown)}; accepted: {sorted(spec)}")
+    out: dict[str, Any] = {}
+    for name, (types, default) in spec.items():
+        if name not in body or body[name] is None:
+            if default is ...:
+                raise SimError(400, f"field {name!r} is required")
+            out[name] = default
+            continue
+        value = body[name]
+        if isinstance(value, bool) and bool not in types:
+            raise SimError(400, f"field {name!r} must be {'/'.join(t.__name__ for t in types)}")
+        if not isinstance(value, types):
+            raise SimError(400, f"field {name!r} must be {'/'.join(t.__name__ for t in types)}")
+        out[name] = value
+    return out
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SimError(400, "request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise SimError(400, "request body must be a JSON object")
+    return body
+
+
+NUM = (int, float)
+OPT_STR = ((str,), None)
+
+
+def _control_routes() -> list[web.RouteDef]:
+    def post(path: str, spec: _Spec, action: Callable[[SimState, dict[str, Any]], dict[str, Any]]) -> web.RouteDef:
+        async def handler(request: web.Request) -> web.Response:
+            args = _fields(await _body(request), spec)
+            return _json(action(request.app[STATE_KEY], args))
+        return web.post(path, handler)
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(request.app[STATE_KEY].stats())
+
+    async def symbols(request: web.Request) -> web.Response:
+        market = request.query.get("market", "spot")
+        return _json({"symbols": request.app[STATE_KEY].list_symbols(market)})
+
+    async def get_config(request: web.Request) -> web.Response:
+        return _json(request.app[STATE_KEY].apply_config({}))
+
+    async def set_config(request: web.Request) -> web.Response:
+        return _json(request.app[STATE_KEY].apply_config(await _body(request)))
+
+    return [
+        web.get("/_sim/stats", stats),
+        web.get("/_sim/symbols", symbols),
+        web.get("/_sim/config", get_config),
+        web.post("/_sim/config", set_config),
+        post("/_sim/reset", {"drop_connections": ((bool,), True)},
+             lambda s, a: s.reset(a["drop_connections"])),
+        post("/_sim/symbols/add",
+             {"symbol": ((str,), ...), "base": ((str,), ...), "quote": ((str,), ...),
+              "status": ((str,), "TRADING"), "market": ((str,), "spot")},
+             lambda s, a: s.add_symbol(**a)),
+        post("/_sim/symbols/status", {"symbol": ((str,), ...), "status": ((str,), ...), "market": ((str,), "spot")},
+             lambda s, a: s.set_symbol_status(**a)),
+        post("/_sim/symbols/remove", {"symbol": ((str,), ...), "market": ((str,), "spot")},
+             lambda s, a: s.remove_symbol(**a)),
+        post("/_sim/symbols/filler", {"count": ((int,), ...), "quote": ((str,), "USDT"), "market": ((str,), "spot")},
+             lambda s, a: s.add_filler_symbols(**a)),
+        post("/_sim/trades/rate", {"rate": (NUM, ...), "symbol": OPT_STR},
+             lambda s, a: s.set_rate(**a)),
+        post("/_sim/trades/burst", {"symbol": ((str,), ...), "count": ((int,), 1)},
+             lambda s, a: s.burst(**a)),
+        post("/_sim/trades/duplicate", {"enabled": ((bool,), True)},
+             lambda s, a: s.set_duplicate(a["enabled"])),
+        post("/_sim/trades/firehose",
+             {"symbols": ((list,), None), "count": ((int,), None), "batch": ((int,), 200)},
+             lambda s, a: s.start_firehose(**a)),
+        post("/_sim/trades/firehose/stop", {}, lambda s, a: s.stop_firehose()),
+        post("/_sim/ws/drop", {}, lambda s, a: {"ok": True, "dropped": s.drop_connections()}),
+        post("/_sim/ws/stall", {"seconds": (NUM, None)}, lambda s, a: s.stall(a["seconds"])),
+        post("/_sim/ws/unstall", {}, lambda s, a: s.unstall()),
+        post("/_sim/ws/malformed",
+             {"kinds": ((list,), None), "count": ((int,), 1), "size": ((int,), 5 * 1024 * 1024)},
+             lambda s, a: s.send_malformed(**a)),
+        post("/_sim/ws/shutdown", {"close_after_s": (NUM, None)},
+             lambda s, a: s.server_shutdown(a["close_after_s"])),
+        post("/_sim/rest/fault",
+             {"kind": ((str,), ...), "path": ((str,), "*"), "count": ((int,), None),
+              "duration_s": (NUM, None), "retry_after": ((int,), 60), "status": ((int,), 503),
+              "hang_s": (NUM, 30.0), "body": OPT_STR},
+             lambda s, a: s.add_fault(**a)),
+        post("/_sim/rest/clear", {"path": OPT_STR}, lambda s, a: s.clear_faults(a["path"])),
+    ]
+
+
+# ---------------------------------------------------------------------------------------- app
+def build_app(state: SimState) -> web.Application:
+    """The aiohttp application serving Binance's endpoints and the /_sim/ controls for ``state``."""
+    app = web.Application(middlewares=[_rest_middleware], client_max_size=1024 * 1024)
+    app[STATE_KEY] = state
+    app.add_routes([
+        web.get("/api/v3/exchangeInfo", _exchange_info),
+        web.get("/api/v3/depth", _depth),
+        web.get("/api/v3/ping", _ping),
+        web.get("/api/v3/time", _time),
+        web.get("/fapi/v1/exchangeInfo", _exchange_info),
+        web.get("/fapi/v1/ping", _ping),
+        web.get("/fapi/v1/time", _time),
+        web.get("/stream", _ws_handler),
+        web.get("/ws", _ws_handler),
+        web.get("/ws/{streams:.+}", _ws_handler),
+        *_control_routes(),
+    ])
+
+    async def on_startup(_app: web.Application) -> None:
+        await state.start()
+
+    async def on_shutdown(_app: web.Application) -> None:
+        await state.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="collector simulate",
+                                description="Local Binance simulator (REST + WebSocket), scriptable via /_sim/.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8900, help="port; 0 picks a free one (default 8900)")
+    p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,BNBBTC",
+                   help="comma list of native spot symbols (BTCUSDT) or BASE-QUOTE")
+    p.add_argument("--futures-symbols", default="", help="comma list of USDⓈ-M symbols (default none)")
+    p.add_argument("--ping-interval", type=float, default=20.0, help="server WS ping every N s (0 = never)")
+    p.add_argument("--trade-rate", type=float, default=0.0, help="trades/s per TRADING spot symbol (default 0)")
+    p.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute, 0 = unlimited")
+    p.add_argument("--max-incoming-per-second", type=int, default=5,
+                   help="incoming WS messages per second before close 1008 (0 = unlimited)")
+    p.add_argument("--seed", type=int, default=None, help="seed for prices/quantities (deterministic tapes)")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this parent process goes away")
+    p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop even if uvloop is installed")
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error("--port must be 0..65535")
+    for name in ("ping_interval", "trade_rate"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    try:
+        args.symbol_list = [s for s in args.symbols.split(",") if s.strip()]
+        args.futures_list = [s for s in args.futures_symbols.split(",") if s.strip()]
+        for s in args.symbol_list + args.futures_list:
+            split_symbol(s)
+            if len(s) > MAX_SYMBOL_LEN:
+                raise ValueError(f"symbol too long: {s[:40]}...")
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+async def _serve(state: SimState, args: argparse.Namespace) -> int:
+    app = build_app(state)
+    # long request lines: a combined-stream URL with 1024 streams is ~16 kB
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0,
+                           max_line_size=65536)
+    await runner.setup()
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, args.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        await runner.cleanup()
+        print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    site = web.SockSite(runner, sock)
+    await site.start()
+    port = sock.getsockname()[1]
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else (f"[{args.host}]" if ":" in args.host else args.host)
+    stop = asyncio.Event()
+    state.stop_event = stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"SIMULATOR READY http://{shown}:{port}", flush=True)
+    # exactly one line on stdout: a parent that stops reading the pipe must never block us
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    await stop.wait()
+    log.info("simulator stopping")
+    await runner.cleanup()
+    return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m collector.simulator`` / ``collector simulate``; returns the exit code."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        stream=sys.stderr, format="%(asctime)s simulator %(levelname)s %(message)s")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("simulator bound to %s: it has no authentication; keep it off public networks", args.host)
+    config = SimConfig(ping_interval=args.ping_interval, trade_rate=args.trade_rate,
+                       weight_limit=args.weight_limit, max_incoming_per_second=args.max_incoming_per_second)
+    state = SimState(symbols=args.symbol_list, futures_symbols=args.futures_list, seed=args.seed,
+                     config=config, parent_pid=args.parent_pid)
+    runner_factory: Any = asyncio.run
+    if not args.no_uvloop:
+        try:
+            import uvloop  # optional: faster event loop when installed
+
+            runner_factory = uvloop.run
+        except ImportError:
+            pass
+    try:
+        return runner_factory(_serve(state, args))
+    except KeyboardInterrupt:
+        return 0
