@@ -531,7 +531,8 @@ class Supervisor:
         if child.process is not None:
             with contextlib.suppress(ProcessLookupError, OSError, ValueError):
                 child.process.terminate()
-        self._send(child, {"t": "stop"})
+        # the child's budget, so it can finish (and report what it could not) before our SIGKILL
+        self._send(child, {"t": "stop", "deadline_s": round(max(0.0, deadline - now), 3)})
 
     # ------------------------------------------------------------ child messages
 

@@ -37,6 +37,8 @@ class StatusLink:
         self._tasks: list[asyncio.Task] = []
         self._ppid = os.getppid()
         self.stop_requested = asyncio.Event()
+        #: seconds the parent allows for the graceful stop (from its stop message), if it said
+        self.stop_budget: float | None = None
         self.parent_gone = False
         self._stats_fn: StatsFn = dict
         self._on_message: Callable[[dict], None] | None = None
@@ -97,6 +99,9 @@ class StatusLink:
                     self._gone("status link closed")
                     return
                 if msg.get("t") == "stop":
+                    budget = msg.get("deadline_s")
+                    if isinstance(budget, (int, float)) and budget >= 0:
+                        self.stop_budget = float(budget)
                     self.request_stop()
                 elif self._on_message is not None:
                     self._on_message(msg)

@@ -19,7 +19,8 @@ child -> parent (status link):
 parent -> publisher (status link):
   ``children``     {"t":"children","children":{name: {"state":str,"pid":int|None,"stats":{...}}}}
 parent -> child:
-  ``stop``         {"t":"stop"}  same as SIGTERM (graceful)
+  ``stop``         {"t":"stop","deadline_s":float}  graceful stop (like SIGTERM); the child has
+                   deadline_s seconds before the parent's SIGKILL
 collectorctl <-> parent (control socket): {"cmd": str, "args": {...}} -> {"ok": bool, ...}
 """
 

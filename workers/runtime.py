@@ -108,7 +108,8 @@ class Worker:
 
         await link.stop_requested.wait()
         stop_started = time.monotonic()
-        grace = max(0.5, self.settings.supervisor.stop_timeout * 0.8)
+        granted = link.stop_budget if link.stop_budget is not None else self.settings.supervisor.stop_timeout
+        grace = max(0.5, granted * 0.8)
         log.info("%s worker stopping", self.exchange)
         await self._stop_sources()
         await self.channel.close(stop_started + grace)
