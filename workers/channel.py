@@ -66,6 +66,10 @@ class PublisherChannel:
         # closed batches waiting (until their deadline) for room in _queue
         self._overflow: deque[tuple[float, dict, int]] = deque()
         self._wakeup = asyncio.Event()
+        # set whenever the queue is at or below half of max_queued (producers wait on it, bounded)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._sender_idle = False
         self._sender_task: asyncio.Task | None = None
         self._reader_task: asyncio.Task | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -122,11 +126,28 @@ class PublisherChannel:
             self._close_batch()
         elif self._flush_handle is None:
             self._arm_flush()
+            if self._sender_idle:
+                # adaptive batching: an idle sender takes the partial batch at once (low latency
+                # at low rates); while it is busy writing, events accumulate into full batches
+                self._wakeup.set()
 
     def put_many(self, events: Iterable[WireEvent]) -> None:
         """``put`` for each event (the WebSocket transport's sink)."""
         for ev in events:
             self.put(ev)
+
+    async def backpressure(self) -> None:
+        """A yield point for producers: returns at once while the queue is at most half full,
+        else waits (at most put_timeout) for the sender to make room. Awaited by the WebSocket
+        reader, this lets TCP push back on the exchange instead of dropping batches."""
+        if len(self._queue) * 2 <= self.max_queued and not self._overflow:
+            await asyncio.sleep(0)
+            return
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), self.put_timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def send_instruments(self, market: str, full: bool, source: str, detected_at: int,
                          instruments: dict[str, dict]) -> None:
@@ -257,6 +278,8 @@ class PublisherChannel:
                                     self.exchange, self.socket_path, exc.__class__.__name__, delay)
                     await asyncio.sleep(delay)
                 continue
+            if not self._queue and self._batch and not self._closed:
+                self._close_batch()  # the sender is free: ship the partial batch now
             if not self._queue:
                 if self._closing:
                     try:
@@ -265,7 +288,11 @@ class PublisherChannel:
                         pass
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                self._sender_idle = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._sender_idle = False
                 continue
             try:
                 n = 0
@@ -277,6 +304,8 @@ class PublisherChannel:
                     if n_events:
                         self.batches_out += 1
                 self._admit_overflow()
+                if len(self._queue) * 2 <= self.max_queued:
+                    self._room.set()
                 await writer.drain()
                 self._backoff.reset()
             except (ConnectionError, OSError) as exc:

@@ -91,7 +91,7 @@ class Worker:
         await link.start(self.stats)
 
         if cfg.trades and cfg.symbols:
-            self.ws = WsManager(adapter, cfg, self.channel.put_many)
+            self.ws = WsManager(adapter, cfg, self.channel.put_many, backpressure=self.channel.backpressure)
             await self.ws.start(adapter.trade_streams())
         if cfg.listings:
             self.rest = RestClient(

@@ -100,11 +100,13 @@ def test_hello_then_batches_with_seq(short_tmp: Path) -> None:
         ch.start()
         for i in range(25):
             ch.put(ev(i))
-        await until(lambda: len(server.events()) == 20, what="two full batches")
+        # full batches close at batch_size; the sender, once free, ships the partial batch at
+        # once (adaptive batching) instead of holding it for the 1 s flush timer
+        await until(lambda: len(server.events()) == 25, timeout=0.5, what="two full batches and the partial one")
         hello, *frames = server.frames
         assert hello == {"t": "hello", "exchange": "binance", "pid": os.getpid()}
         assert [(f["t"], f["exchange"], f["seq"], len(f["events"])) for f in frames] == \
-            [("events", "binance", 1, 10), ("events", "binance", 2, 10)]
+            [("events", "binance", 1, 10), ("events", "binance", 2, 10), ("events", "binance", 3, 5)]
         await ch.close(time.monotonic() + 2)
         assert [f["seq"] for f in server.frames[1:]] == [1, 2, 3]
         assert server.event_ids() == list(range(25))
@@ -378,5 +380,31 @@ def test_worker_runtime_config_errors_exit_with_config_code(short_tmp: Path) -> 
             assert await Worker(name, settings).run(StatusLink(b, name)) == EXIT_CONFIG
             a.close()
             b.close()
+
+    run(main())
+
+
+def test_backpressure_yields_while_room_and_waits_bounded_when_full(short_tmp: Path) -> None:
+    async def main():
+        sock = short_tmp / "pub.sock"
+        server = await UnixServer(sock, reading=False).start()  # a wedged publisher
+        ch = chan(sock, batch_size=1, max_queued_batches=8, put_timeout=0.2)
+        ch.start()
+        t = time.monotonic()
+        await ch.backpressure()  # empty queue: just a yield
+        assert time.monotonic() - t < 0.1
+        # fill the socket buffers and the queue (frames are big so the kernel buffer fills fast)
+        for i in range(5000):
+            ch.put(ev(i, pad=4000))
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await until(lambda: ch.queued_batches() > 4, what="queue over half full")
+        t = time.monotonic()
+        await ch.backpressure()  # full: waits for room, but never longer than put_timeout
+        waited = time.monotonic() - t
+        assert 0.15 <= waited < 1.0, waited
+        assert ch.drops > 0  # beyond the bound, batches are dropped and counted
+        await ch.close(time.monotonic() + 0.5)
+        await server.stop()
 
     run(main())

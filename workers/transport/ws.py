@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType
@@ -121,6 +121,10 @@ class _Shard:
         return f"{self.mgr.adapter.name} ws#{self.index}"
 
 
+async def _yield_to_loop() -> None:
+    await asyncio.sleep(0)
+
+
 class WsManager:
     """All WebSocket connections of one exchange worker."""
 
@@ -135,8 +139,15 @@ class WsManager:
         overlap_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        backpressure: Callable[[], Awaitable[None]] | None = None,
+        yield_every: int = 64,
     ) -> None:
         self.adapter = adapter
+        # awaited every `yield_every` messages: lets other tasks run while frames arrive back to
+        # back (aiohttp returns buffered frames without yielding), and lets a full channel slow
+        # the reading down (TCP backpressure) before anything is dropped
+        self.backpressure = backpressure or _yield_to_loop
+        self.yield_every = max(1, yield_every)
         self.cfg = cfg
         self.sink = sink
         self.stable_after = stable_after
@@ -394,8 +405,13 @@ class WsManager:
         parse = self.adapter.parse_ws_message
         sink = self.sink
         TEXT, BINARY, ERROR = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.ERROR
+        backpressure, yield_every, since_yield = self.backpressure, self.yield_every, 0
         try:
             while True:
+                since_yield += 1
+                if since_yield >= yield_every:
+                    since_yield = 0
+                    await backpressure()
                 msg = await ws.receive()
                 mtype = msg.type
                 if mtype is TEXT or mtype is BINARY:
