@@ -114,8 +114,6 @@ def _child_families(children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
         recycles.add_metric([name], _num(child.get("recycles")))
         current = child.get("state")
         for st in ProcessState:
-            if st is ProcessState.EXITED:
-                continue
             state.add_metric([name, st.value], 1.0 if st.value == current else 0.0)
         if child.get("rss_bytes") is not None:
             rss.add_metric([name], _num(child["rss_bytes"]))

@@ -79,7 +79,6 @@ ALLOWED: dict[ProcessState, frozenset[ProcessState]] = {
         S.STARTING,   # FATAL -> STARTING: `restart`/`start` (the only way out)
         S.STOPPED,    # FATAL -> STOPPED: `stop`
     }),
-    S.EXITED: frozenset(),  # unused: reaping and deciding happen in the same tick
 }
 
 ALIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.RECYCLING})

@@ -17,14 +17,11 @@ class ProcessState(str, Enum):
     STOPPING = "STOPPING"    # asked to stop, waiting for exit (SIGKILL after a deadline)
     RECYCLING = "RECYCLING"  # over a resource limit, being stopped to be replaced (not a crash)
     FATAL = "FATAL"          # too many restarts in the window; only `collectorctl restart` revives
-    EXITED = "EXITED"        # transient: reaped, not yet decided
 
     def __str__(self) -> str:
         return self.value
 
 
-RUNNING_STATES = frozenset({ProcessState.RUNNING})
-STOPPED_STATES = frozenset({ProcessState.STOPPED, ProcessState.FATAL, ProcessState.EXITED})
 
 
 class Health(str, Enum):

@@ -353,3 +353,26 @@ def test_restart_of_the_publisher_alone_keeps_trades_flowing(collector, sim, red
     assert c.child("publisher")["restarts"] == 0 and c.child("binance")["restarts"] == 0
     sim.set_trade_rate(0, "BTCUSDT")
     assert c.stop() == 0
+
+
+def test_children_exit_when_the_parent_is_killed(collector, sim, redis_server) -> None:
+    import psutil
+
+    c = collector().start()
+    pids = [c.child("publisher")["pid"], c.child("binance")["pid"]]
+    c.proc.send_signal(signal.SIGKILL)  # the parent only: no graceful shutdown
+    c.proc.wait(10)
+
+    def all_gone() -> bool:
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    wait_until(all_gone, timeout=10, what="publisher and worker exit after their parent died")
+    # and a new collector can take the node id's lock and run
+    c2 = collector().start()
+    assert c2.stop() == 0
