@@ -68,6 +68,16 @@ def collector_main(argv: Sequence[str] | None = None) -> int:
                      log_dir=args.log_dir, log_level=args.log_level)
     if settings is None:
         return EXIT_CONFIG
+    from workers.exchanges import IMPLEMENTED
+
+    not_ready = sorted(set(settings.exchanges.enabled()) - IMPLEMENTED)
+    if not_ready:
+        print(f"config error: exchanges.{not_ready[0]}.enabled: no adapter for {not_ready[0]!r} yet "
+              f"(implemented: {', '.join(sorted(IMPLEMENTED))})", file=sys.stderr)
+        return EXIT_CONFIG
+    if not settings.exchanges.enabled():
+        print("config error: exchanges: no exchange is enabled", file=sys.stderr)
+        return EXIT_CONFIG
     for warning in config_file_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
     from collector.supervisor import main as supervise
