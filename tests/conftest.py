@@ -151,6 +151,17 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+async def serve_app(app) -> tuple[object, int]:
+    """Start an aiohttp app on a free 127.0.0.1 port; returns (runner, port). ``await runner.cleanup()``."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 def python() -> str:
     return sys.executable
 

@@ -26,13 +26,6 @@ from tests.unit.test_supervisor import Rig
 S = ProcessState
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("COLLECTOR_"):
-            monkeypatch.delenv(key)
-
-
 class ServedRig:
     """A fake-process supervisor behind a real control socket, run in a background thread.
 

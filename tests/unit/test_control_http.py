@@ -26,13 +26,6 @@ from tests.unit.test_supervisor import Rig
 S = ProcessState
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("COLLECTOR_"):
-            monkeypatch.delenv(key)
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 

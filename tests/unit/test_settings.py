@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,15 +20,6 @@ PUBLIC_ENV = {
     "COLLECTOR_LOG_DIR": "/tmp/log-x",
     "COLLECTOR_HTTP__PORT": "9123",
 }
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for k in list(os.environ):
-        if k.startswith("COLLECTOR_"):
-            monkeypatch.delenv(k)
 
 
 def test_public_env_names_work_as_written(monkeypatch: pytest.MonkeyPatch) -> None:

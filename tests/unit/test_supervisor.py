@@ -29,13 +29,6 @@ from shared.states import EXIT_CONFIG, ProcessState
 S = ProcessState
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("COLLECTOR_"):
-            monkeypatch.delenv(key)
-
-
 # ---------------------------------------------------------------- fakes
 
 class FakeClock:

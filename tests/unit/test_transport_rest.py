@@ -8,6 +8,8 @@ from email.utils import formatdate
 from typing import Awaitable, Callable
 
 import pytest
+
+from tests.conftest import serve_app
 from aiohttp import web
 
 from shared.settings import ExchangeSettings
@@ -38,11 +40,7 @@ class RestServer:
     async def start(self) -> "RestServer":
         app = web.Application()
         app.router.add_route("GET", "/{tail:.*}", self._handler)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app)
         return self
 
     @property

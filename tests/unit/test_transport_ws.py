@@ -11,6 +11,7 @@ from aiohttp import WSMsgType, web
 
 from shared.events import fields_to_dict
 from shared.settings import ExchangeSettings
+from tests.conftest import serve_app
 from workers.exchanges.base import ParseResult
 from workers.exchanges.binance import BinanceSpot
 from workers.transport.ws import WsManager
@@ -43,11 +44,7 @@ class WsServer:
         app = web.Application()
         app.router.add_get("/stream", self._handler)
         app.router.add_get("/ws/{name}", self._handler)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app)
         return self
 
     @property
