@@ -24,7 +24,7 @@ EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
 EXIT_UNREACHABLE = 4
 
-_SAFE_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+_SAFE_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")
 
 
 # ---------------------------------------------------------------- collector

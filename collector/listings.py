@@ -27,7 +27,6 @@ latest full snapshot per exchange + market plus a bounded list of partial update
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -36,11 +35,10 @@ from shared.events import (
     DELISTED, EV_LISTING, EV_PRE_LISTING, EV_STATUS_CHANGE, PRE_TRADING, STATUSES, TRADING,
     WireEvent, listing_event,
 )
-from shared.symbols import is_safe_native_symbol
+from shared.symbols import NAME_RE, is_safe_native_symbol
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _INFO_KEYS = ("symbol", "base", "quote", "market", "status", "raw_status", "url")
 #: longest string accepted in an instrument's info (url, raw_status ...)
 _MAX_INFO_LEN = 512
@@ -78,9 +76,9 @@ def parse_instruments_msg(msg: dict[str, Any]) -> InstrumentsMsg:
     """Validate an ``instruments`` message. Malformed entries are skipped and counted in ``invalid``;
     a malformed envelope raises InstrumentsError."""
     exchange, market = msg.get("exchange"), msg.get("market")
-    if not isinstance(exchange, str) or not _NAME_RE.match(exchange):
+    if not isinstance(exchange, str) or not NAME_RE.match(exchange):
         raise InstrumentsError("instruments: bad exchange")
-    if not isinstance(market, str) or not _NAME_RE.match(market):
+    if not isinstance(market, str) or not NAME_RE.match(market):
         raise InstrumentsError("instruments: bad market")
     full = msg.get("full")
     source = msg.get("source")

@@ -26,7 +26,6 @@ import asyncio
 import itertools
 import logging
 import os
-import re
 import socket
 import stat as stat_mod
 import time
@@ -49,6 +48,7 @@ from shared.child import StatusLink, run_child
 from shared.dedup import Deduper
 from shared.events import now_ms
 from shared.ratelimit import TokenBucket
+from shared.symbols import NAME_RE
 from shared.settings import Settings
 from shared.states import EXIT_CONFIG, EXIT_CRASH, EXIT_OK
 
@@ -62,7 +62,6 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 HELLO_TIMEOUT = 10.0
 #: events ingested from one connection before yielding to the loop (lets the writer run)
 YIELD_EVERY = 1000
-_NAME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _MAX_STREAM_KEY = 512
 LISTING_CLASS = "listing"
 
@@ -310,7 +309,7 @@ class Publisher:
             if not isinstance(hello, dict) or hello.get("t") != "hello":
                 raise ipc.FrameError("the first frame must be a hello")
             exchange = hello.get("exchange")
-            if not isinstance(exchange, str) or not _NAME_RE.match(exchange):
+            if not isinstance(exchange, str) or not NAME_RE.match(exchange):
                 raise ipc.FrameError("hello: bad exchange name")
             conn.exchange = exchange
             pid = hello.get("pid")
@@ -385,7 +384,7 @@ class Publisher:
                 stream, dkey, cls, fields, rx_ns = ev
                 stat = stats_by_cls.get(cls)
                 if stat is None:
-                    if type(cls) is not str or not _NAME_RE.match(cls):
+                    if type(cls) is not str or not NAME_RE.match(cls):
                         bad += 1
                         continue
                     stat = stats_by_cls[cls] = self._stat(exchange, cls)

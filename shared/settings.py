@@ -34,7 +34,7 @@ EXCHANGE_NAMES: tuple[str, ...] = (
     "gate", "bitget", "htx", "mexc", "bingx", "phemex", "whitebit",
 )
 
-_NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 
 
 class _Section(BaseModel):

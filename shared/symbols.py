@@ -1,4 +1,4 @@
-"""Canonical symbols and what may enter a Redis key name.
+"""Canonical symbols and what may enter a Redis key name (patterns end in \\Z: no trailing newline).
 
 A canonical symbol is ``BASE-QUOTE`` in upper case (``BTC-USDT``). Anything an exchange sends
 is validated before it becomes part of a stream key: hostile names (``*``, spaces, newlines,
@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 
 #: one asset code: letters and digits, 1-20 characters (e.g. 1000SHIB, USDT, BTC)
-ASSET_RE = re.compile(r"^[A-Z0-9]{1,20}$")
-CANONICAL_RE = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
+ASSET_RE = re.compile(r"^[A-Z0-9]{1,20}\Z")
+CANONICAL_RE = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}\Z")
 #: an exchange's own symbol as it may appear in a key or field (e.g. BTCUSDT, BTC-USDT-SWAP, BTC_USDT)
-NATIVE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+#: an exchange, market or stream-class name as it may appear in a key (binance, spot, trade)
+NAME_RE = re.compile(r"^[a-z0-9_]{1,32}\Z")
+NATIVE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}\Z")
 
 
 def is_canonical_symbol(s: object) -> bool:

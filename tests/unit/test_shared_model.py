@@ -122,3 +122,14 @@ def test_token_bucket() -> None:
     now[0] += 0.5
     assert sum(tb.try_take() for _ in range(15)) == 5
     assert TokenBucket(0).try_take() and TokenBucket(0).unlimited
+
+
+def test_a_trailing_newline_never_passes_validation() -> None:
+    from shared.settings import ConfigError, load_settings
+    from shared.symbols import NAME_RE, is_safe_native_symbol
+
+    assert NAME_RE.match("binance") and not NAME_RE.match("binance\n")
+    assert not is_canonical_symbol("BTC-USDT\n") and not is_safe_native_symbol("BTCUSDT\n")
+    assert canonical("BTC\n", "USDT") is None
+    with pytest.raises(ConfigError, match="node_id"):
+        load_settings(node_id="NODE\n")
