@@ -38,8 +38,8 @@ def http_json(port: int, path: str) -> dict:
         return json.loads(r.read())
 
 
-def metrics_latency_quantiles(port: int) -> tuple[float, float]:
-    """p50/p99 (ms) from the publisher's receipt->ack histogram, linear within buckets."""
+def latency_buckets(port: int) -> list[tuple[float, float]]:
+    """The publisher's receipt -> XADD-acknowledged histogram from /metrics: [(le, cumulative count)]."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     buckets = []
@@ -47,8 +47,14 @@ def metrics_latency_quantiles(port: int) -> tuple[float, float]:
         if line.startswith("collector_publish_latency_seconds_bucket"):
             le = line.split('le="')[1].split('"')[0]
             buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
-    buckets.sort()
-    if not buckets or buckets[-1][1] == 0:
+    return sorted(buckets)
+
+
+def window_quantiles(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> tuple[float, float]:
+    """p50/p99 (ms) of the observations made between two histogram readings (linear within buckets)."""
+    prev = dict(before)
+    buckets = [(le, c - prev.get(le, 0.0)) for le, c in after]
+    if not buckets or buckets[-1][1] <= 0:
         return float("nan"), float("nan")
     total = buckets[-1][1]
 
@@ -124,10 +130,12 @@ def main() -> int:
             time.sleep(args.warmup)
             watch = ProcWatch(pids)
             n0 = sum(r.xlen(s) for s in streams)
+            h0 = latency_buckets(port)
             t0 = time.time()
             watch.begin()
             time.sleep(args.window)
             n1 = sum(r.xlen(s) for s in streams)
+            h1 = latency_buckets(port)
             t1 = time.time()
             usage = watch.end()
             if rate is None:
@@ -142,7 +150,7 @@ def main() -> int:
                     for eid, f in r.xrange(s, f"{slice_start}-0", f"{slice_start + (hi - lo) // 10}-99999999", count=300):
                         lat.append(int(eid.split("-")[0]) - int(f["ts_receive"]))
             lat.sort()
-            p50h, p99h = metrics_latency_quantiles(port)
+            p50h, p99h = window_quantiles(h0, h1)
             st = http_json(port, "/status")
             drops = st["children"]["binance"].get("drops", 0)
             rows.append((label, (n1 - n0) / (t1 - t0), percentile(lat, 50), percentile(lat, 99), len(lat),
