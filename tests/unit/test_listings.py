@@ -252,3 +252,57 @@ def test_state_commands_and_decode() -> None:
     ]
     fields, members = decode_state([b"spot:A", b"trading", b"perp:B", b"halted"], [b"perp:B"])
     assert fields == {"spot:A": "trading", "perp:B": "halted"} and members == {"perp:B"}
+
+
+def test_state_written_by_one_tracker_is_what_a_restarted_one_reads() -> None:
+    """The state commands (applied to a Redis: fakeredis, as a pure-logic stand-in) and
+    decode_state agree, so a restarted publisher neither re-announces nor forgets."""
+    import asyncio
+
+    import fakeredis
+
+    from collector.listings import ListingTracker, decode_state, pairs_key, parse_instruments_msg, state_commands, untraded_key
+
+    r = fakeredis.FakeRedis()
+
+    def apply(updates) -> list[str]:
+        events = []
+        for upd in updates:
+            for cmd in state_commands(upd):
+                r.execute_command(*cmd)
+            if upd.event is not None:
+                events.append(dict(zip(upd.event[3][0::2], upd.event[3][1::2]))["event"])
+        return events
+
+    async def load_state(exchange: str):
+        h = r.hgetall(pairs_key(exchange))
+        flat = [x for kv in h.items() for x in kv]
+        return decode_state(flat, list(r.smembers(untraded_key(exchange))))
+
+    def snapshot(**statuses: str) -> dict:
+        return parse_instruments_msg({
+            "t": "instruments", "exchange": "binance", "market": "spot", "full": True,
+            "source": "rest_binance", "detected_at": 1,
+            "instruments": {n: {"symbol": f"{n[:-4]}-USDT", "base": n[:-4], "quote": "USDT", "market": "spot",
+                                "status": s, "raw_status": s.upper(), "url": "u"} for n, s in statuses.items()},
+        })
+
+    async def run(tracker: ListingTracker, msg) -> list[str]:
+        tracker.submit(msg)
+        updates, err = await tracker.process(load_state)
+        assert err is None
+        return apply(updates)
+
+    async def main() -> None:
+        a = ListingTracker("N")
+        assert await run(a, snapshot(BTCUSDT="trading")) == []  # seed, silent
+        assert await run(a, snapshot(BTCUSDT="trading", NEWUSDT="pre_trading")) == ["pre_listing"]
+        b = ListingTracker("N")  # the publisher restarted: state comes from Redis only
+        assert await run(b, snapshot(BTCUSDT="trading", NEWUSDT="pre_trading")) == []
+        # it remembers NEWUSDT never traded: opening it is a listing, not a status change
+        assert await run(b, snapshot(BTCUSDT="trading", NEWUSDT="trading")) == ["listing"]
+        c = ListingTracker("N")
+        assert await run(c, snapshot(BTCUSDT="trading", NEWUSDT="trading")) == []
+        assert await run(c, snapshot(BTCUSDT="trading", NEWUSDT="halted")) == ["status_change"]
+
+    asyncio.run(main())
