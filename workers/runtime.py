@@ -25,11 +25,14 @@ from shared.settings import ExchangeSettings, Settings
 from shared.states import EXIT_CONFIG, EXIT_OK, EXIT_PARENT_GONE
 from workers.channel import PublisherChannel
 from workers.exchanges import UnknownExchangeError, get_adapter
-from workers.exchanges.base import ExchangeAdapter, InstrumentsFormatError, InstrumentsRequest
+from workers.exchanges.base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
 from workers.transport.rest import CircuitOpenError, RestClient, RestError
 from workers.transport.ws import WsManager
 
 log = logging.getLogger(__name__)
+
+#: pages of one instruments request at most (a cursor loop bound)
+MAX_INSTRUMENT_PAGES = 50
 
 
 def worker_main(exchange: str, settings: Settings, status_sock: socket.socket) -> int:
@@ -71,7 +74,7 @@ class Worker:
             return f"config error: exchanges.{self.exchange}: {exc}"
         except ValueError as exc:
             return f"config error: exchanges.{self.exchange}.symbols: {exc}"
-        wants_trades = self.cfg.trades and bool(self.cfg.symbols)
+        wants_trades = self.cfg.trades and bool(self.cfg.symbols) and self.adapter.supports_trades
         if not wants_trades and not self.cfg.listings:
             return (f"config error: exchanges.{self.exchange}: nothing to collect "
                     f"(set symbols with trades=true, or listings=true)")
@@ -90,7 +93,7 @@ class Worker:
         self.channel.start()
         await link.start(self.stats)
 
-        if cfg.trades and cfg.symbols:
+        if cfg.trades and cfg.symbols and adapter.supports_trades:
             self.ws = WsManager(adapter, cfg, self.channel.put_many, backpressure=self.channel.backpressure)
             await self.ws.start(adapter.trade_streams())
         if cfg.listings:
@@ -136,12 +139,14 @@ class Worker:
     # ---- listing detection: instruments poller ----
     async def _poll_loop(self) -> None:
         assert self.cfg is not None and self.adapter is not None
-        requests = self.adapter.instruments_requests()
+        by_market: dict[str, list[InstrumentsRequest]] = {}
+        for req in self.adapter.instruments_requests():
+            by_market.setdefault(req.market, []).append(req)
         while True:
             started = time.monotonic()
-            for req in requests:
+            for market, requests in by_market.items():
                 try:
-                    await self.poll_once(req)
+                    await self.poll_market(market, requests)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # noqa: BLE001 - one bad poll must not end polling
@@ -150,42 +155,68 @@ class Worker:
             interval = self.cfg.poll_interval * (1.0 + random.uniform(-self.cfg.poll_jitter, self.cfg.poll_jitter))
             await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
-    async def poll_once(self, req: InstrumentsRequest) -> bool:
-        """One instruments request -> one ``instruments`` frame. True when a frame was sent."""
-        assert self.rest is not None and self.adapter is not None and self.channel is not None
-        try:
-            resp = await self.rest.get_json(req.url, weight=req.weight)
-        except CircuitOpenError:
-            return False  # the breaker logged its transition; nothing to add every poll
-        except RestError as exc:
-            self.last_error = f"{self.exchange} instruments: {exc}"
-            if not self._poll_failing:
-                log.warning("%s instruments poll failing: %s", self.exchange, exc)
-            self._poll_failing = True
-            return False
-        try:
-            parsed = self.adapter.parse_instruments(req.market, resp.body)
-        except InstrumentsFormatError as exc:
-            self.poll_parse_errors += 1
-            self.last_error = f"{self.exchange} instruments: {exc}"
-            log.warning("%s instruments response rejected: %s", self.exchange, exc)
-            return False
-        self.poll_rejected += parsed.rejected
-        if not parsed:
+    async def poll_market(self, market: str, requests: list[InstrumentsRequest]) -> bool:
+        """Every request (and page) of one market -> one full ``instruments`` frame.
+
+        True when a frame was sent. Any failed request, page or unparsable body means no frame
+        for this poll: a partial list must never pass for the full one (it would look like
+        delistings downstream)."""
+        assert self.adapter is not None and self.channel is not None
+        merged: dict[str, dict[str, str]] = {}
+        rejected = 0
+        received_at = 0
+        for first in requests:
+            req: InstrumentsRequest | None = first
+            pages = 0
+            while req is not None:
+                pages += 1
+                if pages > MAX_INSTRUMENT_PAGES:
+                    self._poll_failed(f"{self.exchange} instruments: more than {MAX_INSTRUMENT_PAGES} pages")
+                    return False
+                fetched = await self._fetch_instruments(req)
+                if fetched is None:
+                    return False
+                parsed, body, at = fetched
+                rejected += parsed.rejected
+                received_at = max(received_at, at)
+                for info in parsed:
+                    merged[info.native_symbol] = info.to_wire()
+                req = self.adapter.next_instruments_page(req, body)
+        self.poll_rejected += rejected
+        if not merged:
             # an empty list is far likelier a broken response than every symbol delisted
-            self.last_error = f"{self.exchange} instruments: empty list ({parsed.rejected} rejected)"
-            log.warning("%s", self.last_error)
+            self._poll_failed(f"{self.exchange} instruments ({market}): empty list ({rejected} rejected)")
             return False
         if self._poll_failing:
             log.info("%s instruments poll recovered", self.exchange)
             self._poll_failing = False
         self.polls += 1
-        self.last_poll_ok_at = resp.received_at_ms
-        self.channel.send_instruments(
-            req.market, True, f"rest_{self.exchange}", resp.received_at_ms,
-            {info.native_symbol: info.to_wire() for info in parsed},
-        )
+        self.last_poll_ok_at = received_at
+        self.channel.send_instruments(market, True, f"rest_{self.exchange}", received_at, merged)
         return True
+
+    async def _fetch_instruments(self, req: InstrumentsRequest) -> tuple[InstrumentList, Any, int] | None:
+        assert self.rest is not None and self.adapter is not None
+        try:
+            resp = await self.rest.get_json(req.url, weight=req.weight)
+        except CircuitOpenError:
+            return None  # the breaker logged its transition; nothing to add every poll
+        except RestError as exc:
+            self._poll_failed(f"{self.exchange} instruments: {exc}")
+            return None
+        try:
+            parsed = self.adapter.parse_instruments(req.market, resp.body)
+        except InstrumentsFormatError as exc:
+            self.poll_parse_errors += 1
+            self._poll_failed(f"{self.exchange} instruments response rejected: {exc}")
+            return None
+        return parsed, resp.body, resp.received_at_ms
+
+    def _poll_failed(self, why: str) -> None:
+        self.last_error = why
+        if not self._poll_failing:
+            log.warning("%s", why)
+        self._poll_failing = True
 
     # ---- stats (beat payload) ----
     def stats(self) -> dict[str, Any]:

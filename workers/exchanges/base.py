@@ -74,6 +74,10 @@ class InstrumentsFormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InstrumentsRequest:
+    """One request of an instruments poll. Every request of the same ``market`` (and every page
+    of each, see :meth:`ExchangeAdapter.next_instruments_page`) together make that market's full
+    snapshot; if any of them fails, no snapshot of that market is sent for that poll."""
+
     market: str
     url: str
     weight: int = 1
@@ -106,6 +110,8 @@ class ExchangeAdapter:
     rest_used_weight_header: ClassVar[str | None] = None
     #: a forced connection lifetime, seconds (None = none known)
     max_connection_lifetime: ClassVar[float | None] = None
+    #: whether this adapter implements trade streams (listings-only adapters say False)
+    supports_trades: ClassVar[bool] = True
 
     def __init__(self, symbols: Sequence[str] = ()) -> None:
         self.symbols: list[str] = list(dict.fromkeys(symbols))
@@ -142,6 +148,10 @@ class ExchangeAdapter:
     def instruments_requests(self) -> list[InstrumentsRequest]:
         """(market, url, weight) of every request that lists the exchange's instruments."""
         raise NotImplementedError
+
+    def next_instruments_page(self, request: InstrumentsRequest, body: Any) -> InstrumentsRequest | None:
+        """The request for the next page after ``body`` (cursor pagination), or None when done."""
+        return None
 
     def parse_instruments(self, market: str, body: Any) -> InstrumentList:
         """Pure: a parsed instruments response -> the instruments in it.
