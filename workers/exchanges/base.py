@@ -83,6 +83,10 @@ class InstrumentsRequest:
     weight: int = 1
 
 
+class NotSupported(TypeError):
+    """The adapter does not implement this part (e.g. trades on a listings-only adapter)."""
+
+
 class ExchangeAdapter:
     """Base class of every exchange adapter. Subclasses set the class attributes and implement
     :meth:`native_symbol`, :meth:`trade_stream`, :meth:`ws_url`, :meth:`parse_ws_message`,
@@ -121,11 +125,11 @@ class ExchangeAdapter:
     # ---- symbols and streams ----
     def native_symbol(self, canonical: str) -> str:
         """The exchange's spelling of a canonical ``BASE-QUOTE`` symbol."""
-        raise NotImplementedError
+        raise NotSupported(f"{type(self).__name__} does not implement this")
 
     def trade_stream(self, canonical: str) -> str:
         """The stream (channel) name carrying trades of one symbol."""
-        raise NotImplementedError
+        raise NotSupported(f"{type(self).__name__} does not implement this")
 
     def trade_streams(self) -> list[str]:
         return [self.trade_stream(s) for s in self.symbols]
@@ -134,7 +138,7 @@ class ExchangeAdapter:
     def ws_url(self, streams: Sequence[str]) -> str:
         """The URL of a connection carrying ``streams`` (at default bases; the transport
         applies the URL override)."""
-        raise NotImplementedError
+        raise NotSupported(f"{type(self).__name__} does not implement this")
 
     def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
         """Messages to send after connecting (none when the URL names the streams)."""
@@ -142,12 +146,12 @@ class ExchangeAdapter:
 
     def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
         """Pure: one raw message -> events and flags. ``rx_ns`` monotonic ns, ``rx_ms`` epoch ms."""
-        raise NotImplementedError
+        raise NotSupported(f"{type(self).__name__} does not implement this")
 
     # ---- REST instruments (listing detection) ----
     def instruments_requests(self) -> list[InstrumentsRequest]:
         """(market, url, weight) of every request that lists the exchange's instruments."""
-        raise NotImplementedError
+        raise NotSupported(f"{type(self).__name__} does not implement this")
 
     def next_instruments_page(self, request: InstrumentsRequest, body: Any) -> InstrumentsRequest | None:
         """The request for the next page after ``body`` (cursor pagination), or None when done."""
@@ -160,4 +164,4 @@ class ExchangeAdapter:
         Raises :class:`InstrumentsFormatError` when the body is not an instruments list at all
         (then nothing must be concluded from it, e.g. no "everything was delisted").
         """
-        raise NotImplementedError
+        raise NotSupported(f"{type(self).__name__} does not implement this")
