@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from shared import ipc
 from shared.backoff import Backoff
+from shared.logutil import LogLimiter
 from shared.events import WireEvent
 from shared.settings import ChannelSettings
 
@@ -76,7 +77,7 @@ class PublisherChannel:
         self._seq = 0
         self._closing = False
         self._closed = False
-        self._last_drop_log = 0.0
+        self._drop_log = LogLimiter()
         # counters (cumulative)
         self.events_in = 0
         self.events_out = 0
@@ -225,9 +226,7 @@ class PublisherChannel:
     def _drop(self, n_events: int, batches: int) -> None:
         self.drops += n_events
         self.dropped_batches += batches
-        now = time.monotonic()
-        if now - self._last_drop_log >= 10.0:
-            self._last_drop_log = now
+        if self._drop_log.ok("drop"):
             log.warning("%s channel full or closed: dropped %d events so far (publisher %s)",
                         self.exchange, self.drops, "connected" if self.connected else "not connected")
 

@@ -133,3 +133,19 @@ def test_a_trailing_newline_never_passes_validation() -> None:
     assert canonical("BTC\n", "USDT") is None
     with pytest.raises(ConfigError, match="node_id"):
         load_settings(node_id="NODE\n")
+
+
+def test_log_limiter_holds_back_and_reports_the_count(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from shared.logutil import LogLimiter
+
+    lim = LogLimiter(interval=3600, max_keys=2)
+    logger = logging.getLogger("t.limiter")
+    with caplog.at_level(logging.WARNING, logger="t.limiter"):
+        for _ in range(5):
+            lim.warning(logger, "k", "bad frame %d", 1)
+    assert [r.getMessage() for r in caplog.records] == ["bad frame 1"]
+    assert lim._held["k"] == 4
+    assert lim.ok("other") and lim.ok("third")  # a third key clears the table (bounded)
+    assert len(lim._last) <= 2

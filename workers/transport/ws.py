@@ -32,6 +32,7 @@ from aiohttp import WSCloseCode, WSMsgType
 
 from shared.backoff import Backoff
 from shared.events import WireEvent
+from shared.logutil import LogLimiter
 from shared.ratelimit import TokenBucket
 from shared.settings import ExchangeSettings
 from workers.exchanges.base import ExchangeAdapter, ParseResult
@@ -46,25 +47,6 @@ Sink = Callable[[list[WireEvent]], None]
 _BAD_FRAME_CODES = {WSCloseCode.MESSAGE_TOO_BIG, WSCloseCode.INVALID_TEXT, WSCloseCode.PROTOCOL_ERROR,
                     WSCloseCode.UNSUPPORTED_DATA}
 _OUTBOX_MAX = 256
-
-
-class _ThrottledLog:
-    """At most one line per ``every`` seconds per key; the rest are counted and summarized."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.every:
-            n = self._suppressed.pop(key, 0)
-            suffix = f" (+{n} similar suppressed)" if n else ""
-            log.warning(msg + suffix, *args)
-            self._last[key] = now
-        else:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
 
 class _Conn:
@@ -163,7 +145,7 @@ class WsManager:
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._conn_seq = 0
-        self._tlog = _ThrottledLog()
+        self._tlog = LogLimiter()
         # counters (cumulative)
         self.messages = 0
         self.events = 0
@@ -266,7 +248,7 @@ class WsManager:
                 self.connect_failures += 1
                 shard.state = "down"
                 self.last_error = f"{shard.label} connect failed: {_describe(exc)}"
-                self._tlog.warning(f"connect{shard.index}", "%s", self.last_error)
+                self._tlog.warning(log, f"connect{shard.index}", "%s", self.last_error)
                 continue
             shard.current = conn
             shard.state = "connected"
@@ -423,7 +405,7 @@ class WsManager:
                         res = parse(msg.data, rx_ns, rx_ms)
                     except Exception as exc:  # noqa: BLE001 - a parser bug costs one frame
                         self.parse_errors += 1
-                        self._tlog.warning("parser", "%s: parser raised %s; frame skipped",
+                        self._tlog.warning(log, "parser", "%s: parser raised %s; frame skipped",
                                            shard.label, _describe(exc))
                         continue
                     if res.events:
@@ -441,7 +423,7 @@ class WsManager:
                     code = getattr(exc, "code", None)
                     if code in _BAD_FRAME_CODES:
                         self.parse_errors += 1
-                        self._tlog.warning("badframe", "%s: bad frame (%s); reconnecting",
+                        self._tlog.warning(log, "badframe", "%s: bad frame (%s); reconnecting",
                                            shard.label, _describe(exc))
                     else:
                         self.last_error = f"{shard.label} error: {_describe(exc)}"
@@ -461,20 +443,20 @@ class WsManager:
         shard = conn.shard
         if res.parse_errors:
             self.parse_errors += res.parse_errors
-            self._tlog.warning("garbage", "%s: malformed frame counted (%d so far)", shard.label, self.parse_errors)
+            self._tlog.warning(log, "garbage", "%s: malformed frame counted (%d so far)", shard.label, self.parse_errors)
         if res.rejected:
             self.rejected += res.rejected
-            self._tlog.warning("rejected", "%s: rejected item with unknown/hostile symbol (%d so far)",
+            self._tlog.warning(log, "rejected", "%s: rejected item with unknown/hostile symbol (%d so far)",
                                shard.label, self.rejected)
         if res.error:
             self.last_error = res.error
-            self._tlog.warning("exch-error", "%s: exchange error: %s", shard.label, res.error)
+            self._tlog.warning(log, "exch-error", "%s: exchange error: %s", shard.label, res.error)
         if res.rotate and not conn.rotate_requested:
             conn.rotate_requested = True
             conn.wake.set()
         for reply in res.replies:
             if not conn.enqueue(reply):
-                self._tlog.warning("outbox", "%s: outbox full; reply dropped", shard.label)
+                self._tlog.warning(log, "outbox", "%s: outbox full; reply dropped", shard.label)
 
     async def _writer(self, conn: _Conn) -> None:
         """Send queued messages, paced by the connection's token bucket."""
@@ -490,7 +472,7 @@ class WsManager:
                     await conn.ws.send_str(msg)
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - the reader notices the dead socket
-                self._tlog.warning("send", "%s: send failed: %s", conn.shard.label, _describe(exc))
+                self._tlog.warning(log, "send", "%s: send failed: %s", conn.shard.label, _describe(exc))
                 return
 
     async def _pinger(self, conn: _Conn) -> None:
