@@ -102,6 +102,7 @@ class Worker:
                 weight_limit=adapter.rest_weight_limit,
                 weight_header=adapter.rest_used_weight_header,
                 weight_window=adapter.rest_weight_window,
+                ban_statuses=adapter.rest_ban_statuses,
             )
             self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.exchange}-poll")
         self._start_test_hooks()
@@ -144,9 +145,12 @@ class Worker:
             by_market.setdefault(req.market, []).append(req)
         while True:
             started = time.monotonic()
+            # one poll round fetches each URL once, even when several markets read the same body
+            # (Phemex, WhiteBIT list spot and perp in one response)
+            round_cache: dict[str, tuple[Any, int]] = {}
             for market, requests in by_market.items():
                 try:
-                    await self.poll_market(market, requests)
+                    await self.poll_market(market, requests, round_cache)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # noqa: BLE001 - one bad poll must not end polling
@@ -155,7 +159,8 @@ class Worker:
             interval = self.cfg.poll_interval * (1.0 + random.uniform(-self.cfg.poll_jitter, self.cfg.poll_jitter))
             await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
-    async def poll_market(self, market: str, requests: list[InstrumentsRequest]) -> bool:
+    async def poll_market(self, market: str, requests: list[InstrumentsRequest],
+                          round_cache: dict[str, tuple[Any, int]] | None = None) -> bool:
         """Every request (and page) of one market -> one full ``instruments`` frame.
 
         True when a frame was sent. Any failed request, page or unparsable body means no frame
@@ -173,7 +178,7 @@ class Worker:
                 if pages > MAX_INSTRUMENT_PAGES:
                     self._poll_failed(f"{self.exchange} instruments: more than {MAX_INSTRUMENT_PAGES} pages")
                     return False
-                fetched = await self._fetch_instruments(req)
+                fetched = await self._fetch_instruments(req, round_cache)
                 if fetched is None:
                     return False
                 parsed, body, at = fetched
@@ -195,22 +200,31 @@ class Worker:
         self.channel.send_instruments(market, True, f"rest_{self.exchange}", received_at, merged)
         return True
 
-    async def _fetch_instruments(self, req: InstrumentsRequest) -> tuple[InstrumentList, Any, int] | None:
+    async def _fetch_instruments(self, req: InstrumentsRequest,
+                                 round_cache: dict[str, tuple[Any, int]] | None = None,
+                                 ) -> tuple[InstrumentList, Any, int] | None:
         assert self.rest is not None and self.adapter is not None
+        cached = round_cache.get(req.url) if round_cache is not None else None
+        if cached is not None:
+            body, received_at = cached
+        else:
+            try:
+                resp = await self.rest.get_json(req.url, weight=req.weight)
+            except CircuitOpenError:
+                return None  # the breaker logged its transition; nothing to add every poll
+            except RestError as exc:
+                self._poll_failed(f"{self.exchange} instruments: {exc}")
+                return None
+            body, received_at = resp.body, resp.received_at_ms
+            if round_cache is not None:
+                round_cache[req.url] = (body, received_at)
         try:
-            resp = await self.rest.get_json(req.url, weight=req.weight)
-        except CircuitOpenError:
-            return None  # the breaker logged its transition; nothing to add every poll
-        except RestError as exc:
-            self._poll_failed(f"{self.exchange} instruments: {exc}")
-            return None
-        try:
-            parsed = self.adapter.parse_instruments(req.market, resp.body)
+            parsed = self.adapter.parse_instruments(req.market, body)
         except InstrumentsFormatError as exc:
             self.poll_parse_errors += 1
             self._poll_failed(f"{self.exchange} instruments response rejected: {exc}")
             return None
-        return parsed, resp.body, resp.received_at_ms
+        return parsed, body, received_at
 
     def _poll_failed(self, why: str) -> None:
         self.last_error = why

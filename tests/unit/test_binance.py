@@ -30,12 +30,13 @@ def adapter() -> BinanceSpot:
 
 
 def test_registry() -> None:
-    assert IMPLEMENTED == {"binance"}
+    assert "binance" in IMPLEMENTED
     a = get_adapter("binance", ["BTC-USDT"])
     assert isinstance(a, BinanceSpot)
     assert a.canonical_by_native == {"BTCUSDT": "BTC-USDT"}
+    assert sorted({r.market for r in a.instruments_requests()}) == ["perp", "spot"]
     with pytest.raises(UnknownExchangeError, match="not implemented yet"):
-        get_adapter("okx")
+        get_adapter("deribit")  # market data only; no listings adapter
     with pytest.raises(UnknownExchangeError, match="unknown exchange"):
         get_adapter("nosuchexchange")
 

@@ -373,7 +373,9 @@ def test_worker_runtime_config_errors_exit_with_config_code(short_tmp: Path) -> 
     from workers.runtime import Worker
 
     async def main():
-        for name, ex in [("okx", {"okx": {"enabled": True, "symbols": ["BTC-USDT"]}}),
+        for name, ex in [("deribit", {"deribit": {"enabled": True, "symbols": ["BTC-USDT"]}}),  # no adapter
+                         # a listings-only adapter with listings off has nothing to collect
+                         ("okx", {"okx": {"enabled": True, "symbols": ["BTC-USDT"], "listings": False}}),
                          ("binance", {"binance": {"enabled": True, "trades": False, "listings": False}})]:
             settings = Settings(run_dir=short_tmp, exchanges=ex)
             a, b = socketlib.socketpair()

@@ -1,15 +1,33 @@
-"""Exchange adapters and their registry."""
+"""Exchange adapters and their registry: exchange name -> (module, class)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Sequence
 
 from shared.settings import EXCHANGE_NAMES
 
 from .base import ExchangeAdapter
 
+#: every implemented adapter; imported lazily so a worker loads only its own exchange's module
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "binance": ("workers.exchanges.binance", "Binance"),  # spot + USDⓈ-M perps
+    "coinbase": ("workers.exchanges.coinbase", "Coinbase"),
+    "kraken": ("workers.exchanges.kraken", "Kraken"),
+    "okx": ("workers.exchanges.okx", "Okx"),
+    "bybit": ("workers.exchanges.bybit", "Bybit"),
+    "kucoin": ("workers.exchanges.kucoin", "Kucoin"),
+    "gate": ("workers.exchanges.gate", "GateSpot"),
+    "bitget": ("workers.exchanges.bitget", "BitgetSpot"),
+    "htx": ("workers.exchanges.htx", "HtxSpot"),
+    "mexc": ("workers.exchanges.mexc", "MexcSpot"),
+    "bingx": ("workers.exchanges.bingx", "BingxSpot"),
+    "phemex": ("workers.exchanges.phemex", "PhemexAdapter"),
+    "whitebit": ("workers.exchanges.whitebit", "WhitebitAdapter"),
+}
+
 #: exchanges with a working adapter; the others are known names waiting for one
-IMPLEMENTED = {"binance"}
+IMPLEMENTED = frozenset(ADAPTERS)
 
 
 class UnknownExchangeError(ValueError):
@@ -17,10 +35,10 @@ class UnknownExchangeError(ValueError):
 
 
 def adapter_class(name: str) -> type[ExchangeAdapter]:
-    if name == "binance":
-        from .binance import BinanceSpot
-
-        return BinanceSpot
+    entry = ADAPTERS.get(name)
+    if entry is not None:
+        module, cls = entry
+        return getattr(importlib.import_module(module), cls)
     if name in EXCHANGE_NAMES:
         raise UnknownExchangeError(
             f"exchange {name!r} is not implemented yet (implemented: {', '.join(sorted(IMPLEMENTED))}); "

@@ -112,6 +112,9 @@ class ExchangeAdapter:
     rest_weight_window: ClassVar[float] = 60.0
     #: response header carrying the weight used in the current window (None = not sent)
     rest_used_weight_header: ClassVar[str | None] = None
+    #: HTTP statuses that mean "this IP is banned: stop ALL REST until the stated time", with the
+    #: ban length in seconds used when no Retry-After comes (Binance 418, Bybit 403). Never mutated.
+    rest_ban_statuses: ClassVar[dict[int, float]] = {}
     #: a forced connection lifetime, seconds (None = none known)
     max_connection_lifetime: ClassVar[float | None] = None
     #: whether this adapter implements trade streams (listings-only adapters say False)
@@ -119,8 +122,9 @@ class ExchangeAdapter:
 
     def __init__(self, symbols: Sequence[str] = ()) -> None:
         self.symbols: list[str] = list(dict.fromkeys(symbols))
-        #: native symbol -> canonical, for the configured symbols
-        self.canonical_by_native: dict[str, str] = {self.native_symbol(s): s for s in self.symbols}
+        #: native symbol -> canonical, for the configured symbols (trade frames name natives)
+        self.canonical_by_native: dict[str, str] = (
+            {self.native_symbol(s): s for s in self.symbols} if self.supports_trades else {})
 
     # ---- symbols and streams ----
     def native_symbol(self, canonical: str) -> str:

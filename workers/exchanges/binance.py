@@ -9,6 +9,12 @@ Operational rules (docs, see research/exchange-quirks.md A.1):
   a maintenance cut (rotate now).
 - REST weight 6000/min per IP, header ``X-MBX-USED-WEIGHT-1M``; 429 then 418 bans, both with
   ``Retry-After``. exchangeInfo weight 20.
+
+USDⓈ-M futures instruments (research/exchange-quirks.md A.2, fixtures/rest/SOURCES.md 1b):
+``GET https://fapi.binance.com/fapi/v1/exchangeInfo`` (weight 1, 2400/min on its own host),
+``status`` PENDING_TRADING -> TRADING -> (PRE_)SETTLING / (PRE_)DELIVERING -> DELIVERED / CLOSE.
+A contract not listed yet has ``contractType: ""``; dated contracts are named ``PAIR_YYMMDD``.
+:class:`Binance` (spot + USDⓈ-M instrument polls) is the adapter for the ``binance`` worker.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from shared.events import HALTED, PRE_TRADING, TRADING, InstrumentInfo, Trade
+from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo, Trade
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
 from .base import (
@@ -57,6 +63,23 @@ _RAW_STATUS_RE = re.compile(r"[A-Z_]{1,32}")
 
 TRADE_PAGE = "https://www.binance.com/en/trade/{base}_{quote}"
 
+#: USDⓈ-M contract status (``status``; ``contractStatus`` in older bodies and ``cs`` on the
+#: ``!contractInfo`` stream) -> normalized
+FUTURES_STATUS_MAP = {
+    "PENDING_TRADING": PRE_TRADING,
+    "TRADING": TRADING,
+    "PRE_SETTLE": HALTED,
+    "SETTLING": HALTED,
+    "PRE_DELIVERING": HALTED,
+    "DELIVERING": HALTED,
+    "BREAK": HALTED,  # seen on TradFi perps in a recorded body
+    "DELIVERED": DELISTED,
+    "CLOSE": DELISTED,
+}
+#: contract types that never expire; every other non-empty type is a dated future
+PERPETUAL_TYPES = frozenset({"PERPETUAL", "TRADIFI_PERPETUAL"})
+FUTURES_PAGE = "https://www.binance.com/en/futures/{native}"
+
 # Results shared by every frame of one kind (read-only by contract: the transport never mutates).
 _IGNORED = ParseResult()
 _IGNORED_DATA = ParseResult(data=True)
@@ -81,6 +104,11 @@ class BinanceSpot(ExchangeAdapter):
 
     EXCHANGE_INFO_PATH = "/api/v3/exchangeInfo"
     EXCHANGE_INFO_WEIGHT = 20
+    FUTURES_REST_BASE = "https://fapi.binance.com"
+    FUTURES_EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
+    FUTURES_EXCHANGE_INFO_WEIGHT = 1
+    #: 418 = IP banned (after ignored 429s); Retry-After says for how long (2 min to 3 days)
+    rest_ban_statuses = {418: 120.0}
 
     def native_symbol(self, canonical_symbol: str) -> str:
         base, quote = split_canonical(canonical_symbol)
@@ -152,7 +180,16 @@ class BinanceSpot(ExchangeAdapter):
         return [InstrumentsRequest("spot", self.default_rest_base + self.EXCHANGE_INFO_PATH,
                                    self.EXCHANGE_INFO_WEIGHT)]
 
+    def futures_instruments_request(self) -> InstrumentsRequest:
+        """The USDⓈ-M perpetuals poll (``perp``). Dated contracts come in the same body and are
+        left out of it: a snapshot carries one market (a ``future`` request with the same URL
+        would list them)."""
+        return InstrumentsRequest("perp", self.FUTURES_REST_BASE + self.FUTURES_EXCHANGE_INFO_PATH,
+                                  self.FUTURES_EXCHANGE_INFO_WEIGHT)
+
     def parse_instruments(self, market: str, body: Any) -> InstrumentList:
+        if market in ("perp", "future"):
+            return self.parse_futures_instruments(market, body)
         if not isinstance(body, dict) or not isinstance(body.get("symbols"), list):
             raise InstrumentsFormatError("exchangeInfo body has no 'symbols' list")
         out: list[InstrumentInfo] = []
@@ -164,6 +201,52 @@ class BinanceSpot(ExchangeAdapter):
             else:
                 out.append(info)
         return InstrumentList(out, rejected)
+
+    def parse_futures_instruments(self, market: str, body: Any) -> InstrumentList:
+        """USDⓈ-M ``/fapi/v1/exchangeInfo`` -> the contracts of ``market`` (``perp``: perpetuals,
+        ``future``: dated). Contracts of the other market are skipped, not counted as rejected."""
+        if not isinstance(body, dict) or not isinstance(body.get("symbols"), list):
+            raise InstrumentsFormatError("futures exchangeInfo body has no 'symbols' list")
+        futures_type = body.get("futuresType")
+        if futures_type is not None and futures_type != "U_MARGINED":
+            # a COIN-M body (dapi) or something else routed here: none of it is ours
+            raise InstrumentsFormatError(f"futures exchangeInfo is not USD-M ({str(futures_type)[:20]!r})")
+        out: list[InstrumentInfo] = []
+        rejected = 0
+        for row in body["symbols"]:
+            got = self._futures_instrument(row)
+            if got is None:
+                rejected += 1
+            elif got.market == market:
+                out.append(got)
+        return InstrumentList(out, rejected)
+
+    def _futures_instrument(self, row: Any) -> InstrumentInfo | None:
+        if not isinstance(row, dict):
+            return None
+        native = row.get("symbol")
+        raw_status = row.get("status", row.get("contractStatus"))
+        contract_type = row.get("contractType", "")
+        if (not is_safe_native_symbol(native) or not isinstance(raw_status, str)
+                or not _RAW_STATUS_RE.fullmatch(raw_status) or not isinstance(contract_type, str)):
+            return None
+        pair = canonical(row.get("baseAsset"), row.get("quoteAsset"))
+        if pair is None:
+            return None
+        base, quote = split_canonical(pair)
+        name, dated, _ = native.upper().partition("_")
+        if name != base + quote:
+            return None  # the name and its parts disagree: trust neither
+        if contract_type:
+            market = "perp" if contract_type in PERPETUAL_TYPES else "future"
+        else:
+            # not listed yet: Binance leaves contractType empty; a dated one is PAIR_YYMMDD
+            market = "future" if dated else "perp"
+        return InstrumentInfo(
+            native_symbol=native, symbol=pair, base=base, quote=quote, market=market,
+            status=FUTURES_STATUS_MAP.get(raw_status, UNKNOWN_STATUS), raw_status=raw_status,
+            url=FUTURES_PAGE.format(native=native),
+        )
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -185,6 +268,19 @@ class BinanceSpot(ExchangeAdapter):
             status=STATUS_MAP.get(raw_status, UNKNOWN_STATUS), raw_status=raw_status,
             url=TRADE_PAGE.format(base=base, quote=quote),
         )
+
+
+class Binance(BinanceSpot):
+    """The ``binance`` worker's adapter: spot trades, and instrument polls of spot AND USDⓈ-M
+    perpetuals (two markets, two snapshots).
+
+    Both hosts sit behind one REST client: one weight budget (the spot 6000/min, the stricter
+    2400/min of fapi is far above what 1 weight per poll needs) and one ban: a 418 from either
+    host stops both, which is the safe reading of an IP ban.
+    """
+
+    def instruments_requests(self) -> list[InstrumentsRequest]:
+        return [*super().instruments_requests(), self.futures_instruments_request()]
 
 
 def _error_text(msg: dict) -> str:

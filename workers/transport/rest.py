@@ -2,16 +2,18 @@
 
 Per call (:meth:`RestClient.get_json`), in this order:
 1. circuit breaker: OPEN -> refused at once (:class:`CircuitOpenError`), no request;
-2. a 418 ban in force -> refused at once (:class:`RestBanned`), no request;
+2. a ban in force (418, or the adapter's ban status) -> refused at once (:class:`RestBanned`), no request;
 3. a 429 pause in force -> wait until it ends (every caller of this exchange waits);
 4. weight budget: if this request would take the window's used weight past ``budget_fraction``
    of the limit, wait for the next window (the used weight comes from the exchange's header,
    e.g. Binance ``X-MBX-USED-WEIGHT-1M``, which counts the whole IP, not just us);
 5. the request, total timeout ``rest_timeout``; then by outcome:
    2xx -> parse JSON (invalid -> :class:`RestInvalidJson`, no retry);
-   429 -> pause ALL requests until Retry-After, then retry; 418 -> ban until Retry-After
-   (default 120 s), error logged, no retry; 5xx, timeouts, connection errors -> retry with
-   backoff (1 s, 2 s, ... with jitter) up to ``rest_max_retries``; other 4xx -> no retry.
+   429 -> pause ALL requests until Retry-After, then retry; a ban status (``ban_statuses``,
+   the adapter's ``rest_ban_statuses``: Binance 418, Bybit 403 "access too frequent") -> no
+   request at all until Retry-After (else that status's default: Binance 120 s, Bybit 600 s),
+   error logged, no retry; 5xx, timeouts, connection errors -> retry with backoff (1 s, 2 s, ...
+   with jitter) up to ``rest_max_retries``; other 4xx -> no retry.
 A call that ends in an error counts as one failure for the breaker (a refused call does not).
 """
 
@@ -62,12 +64,14 @@ class RestRateLimited(RestError):
 
 
 class RestBanned(RestError):
-    """418: the exchange banned this IP; no request until ``until`` (monotonic)."""
+    """A ban status (418 by default): the exchange banned this IP; no request until ``until``
+    (monotonic). ``status`` is the HTTP status that started the ban."""
 
-    def __init__(self, msg: str, until: float, *, requested: bool = False) -> None:
+    def __init__(self, msg: str, until: float, *, requested: bool = False, status: int = 418) -> None:
         super().__init__(msg)
         self.until = until
         self.requested = requested
+        self.status = status
 
 
 class RestTimeout(RestError):
@@ -114,6 +118,7 @@ class RestClient:
         max_pause_wait: float = 60.0,
         max_body: int = 64 * 1024 * 1024,
         wall_clock: Callable[[], float] = time.time,
+        ban_statuses: Mapping[int, float] | None = None,
     ) -> None:
         self.exchange = exchange
         self.cfg = cfg
@@ -125,6 +130,10 @@ class RestClient:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.ban_default = ban_default
+        #: status -> ban seconds without Retry-After; None keeps the original rule (418, ban_default)
+        self.ban_statuses: dict[int, float] = (
+            {418: ban_default} if ban_statuses is None else {int(k): float(v) for k, v in ban_statuses.items()})
+        self._ban_status = 418  # the status of the ban in force (for messages)
         self.max_pause_wait = max_pause_wait
         self.max_body = max_body
         self._wall = wall_clock
@@ -142,7 +151,7 @@ class RestClient:
         self.retries = 0
         self.invalid_json = 0
         self.rate_limited = 0   # 429 responses
-        self.bans = 0           # 418 responses
+        self.bans = 0           # ban-status responses (418, or the adapter's)
         self.budget_waits = 0
         self.last_error: str | None = None
 
@@ -225,8 +234,8 @@ class RestClient:
     async def _wait_allowed(self) -> None:
         now = time.monotonic()
         if self.banned_until > now:
-            raise RestBanned(f"{self.exchange} REST banned (HTTP 418) for another "
-                             f"{self.banned_until - now:.0f}s", self.banned_until)
+            raise RestBanned(f"{self.exchange} REST banned (HTTP {self._ban_status}) for another "
+                             f"{self.banned_until - now:.0f}s", self.banned_until, status=self._ban_status)
         wait = self.paused_until - now
         if wait > 0:
             if wait > self.max_pause_wait:
@@ -281,15 +290,19 @@ class RestClient:
                     log.warning("%s REST HTTP 429 from %s: pausing all requests for %.1fs",
                                 self.exchange, _short(url), pause)
                     raise RestRateLimited(f"HTTP 429 from {_short(url)}")
-                if status == 418:
+                if status in self.ban_statuses:
+                    # retrying (or any request) during a ban escalates it: stop everything
                     self.bans += 1
                     after = parse_retry_after(resp.headers.get("Retry-After"))
-                    ban = after if after is not None else self.ban_default
-                    self.banned_until = max(self.banned_until, time.monotonic() + ban)
-                    log.error("%s REST HTTP 418 (IP banned) from %s: no REST requests for %.0fs",
-                              self.exchange, _short(url), ban)
-                    raise RestBanned(f"HTTP 418 (banned) from {_short(url)} for {ban:.0f}s",
-                                     self.banned_until, requested=True)
+                    ban = after if after is not None else self.ban_statuses[status]
+                    until = time.monotonic() + ban
+                    if until >= self.banned_until:
+                        self._ban_status = status
+                    self.banned_until = max(self.banned_until, until)
+                    log.error("%s REST HTTP %d (IP banned) from %s: no REST requests for %.0fs",
+                              self.exchange, status, _short(url), ban)
+                    raise RestBanned(f"HTTP {status} (banned) from {_short(url)} for {ban:.0f}s",
+                                     self.banned_until, requested=True, status=status)
                 if status >= 500:
                     raise RestServerError(status, url)
                 raise RestHttpError(status, url)
