@@ -1,7 +1,11 @@
-"""Local exchange simulator (Binance REST + WebSocket) for tests, benchmarks and the offline demo.
+"""Local exchange simulator for tests, benchmarks and the offline demo: Binance REST + WebSocket, and
+the instrument-list endpoints of twelve more exchanges (one port per exchange, ``--exchanges``).
 
-- ``collector.simulator.server``: ``build_app(state)``, ``cli_main(argv)`` (``python -m collector.simulator``)
-- ``collector.simulator.state``: ``SimState`` (everything the simulator knows), ``SimConfig``
+- ``collector.simulator.server``: ``build_app(state)``, ``build_listing_app(venue)``, ``cli_main(argv)``
+  (``python -m collector.simulator``)
+- ``collector.simulator.state``: ``SimState`` (everything the Binance simulator knows), ``SimConfig``
+- ``collector.simulator.listings``: ``VENUES`` (one ``Venue`` per exchange), ``STATUS_MAP`` (normalized
+  status -> each exchange's raw status), ``BinanceListings``
 - ``collector.simulator.client``: ``SimulatorClient`` (urllib, sync) and ``start_simulator_process``
 
 Kept import-free on purpose: the client must be usable without importing aiohttp.

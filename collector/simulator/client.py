@@ -7,6 +7,13 @@
     ws = sim.ws_url + "/stream?streams=btcusdt@trade"
     ...
     stop_simulator_process(proc)
+
+Several exchanges from one process (each on its own port; instrument lists scripted in one vocabulary):
+
+    proc, first_url, ports = start_simulator_process(exchanges=["okx", "bybit"])
+    okx = SimulatorClient(ports["okx"])
+    okx.add_listing("NEW", "USDT", status="pre_trading")   # -> state "preopen" on the wire
+    okx.set_listing_status("NEW-USDT", "trading")          # -> "live"
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, overload
 
 READY_PREFIX = "SIMULATOR READY "
+PORTS_PREFIX = "SIMULATOR PORTS "
 
 
 class SimulatorError(RuntimeError):
@@ -143,27 +151,90 @@ class SimulatorClient:
     def server_shutdown(self, close_after_s: float | None = None) -> dict[str, Any]:
         return self._post("/_sim/ws/shutdown", close_after_s=close_after_s)
 
+    # ---------------------------------------------------------------- listings (every exchange's port)
+    def add_listing(self, base: str, quote: str, status: str = "trading", market: str = "spot", *,
+                    symbol: str | None = None, raw_status: str | None = None) -> dict[str, Any]:
+        """Add ``base``/``quote`` in a normalized status (pre_trading | trading | halted); the answer has
+        the exchange's native ``symbol``, its ``raw_status`` and ``visible_at_ms``.
+
+        market: "spot" | "perp"; ``symbol`` overrides the native name; ``raw_status`` puts an
+        exchange-specific value on the wire instead of the mapped one.
+        """
+        return self._post("/_sim/listings/add", base=base, quote=quote, status=status, market=market,
+                          symbol=symbol, raw_status=raw_status)
+
+    def set_listing_status(self, symbol: str, status: str | None = None, market: str = "spot", *,
+                           raw_status: str | None = None) -> dict[str, Any]:
+        """Move a symbol (native name or BASE-QUOTE) to a normalized status; "delisted" removes it on
+        exchanges that drop delisted symbols."""
+        return self._post("/_sim/listings/status", symbol=symbol, status=status, market=market,
+                          raw_status=raw_status)
+
+    def remove_listing(self, symbol: str, market: str = "spot") -> dict[str, Any]:
+        return self._post("/_sim/listings/remove", symbol=symbol, market=market)
+
+    def add_listing_filler(self, count: int, quote: str = "USDT", market: str = "spot") -> dict[str, Any]:
+        """``count`` trading symbols SIM00001... so the list has a realistic size."""
+        return self._post("/_sim/listings/filler", count=count, quote=quote, market=market)
+
+    def listings(self, market: str | None = None) -> list[dict[str, Any]]:
+        query = f"?market={market}" if market else ""
+        return self._call("GET", "/_sim/listings" + query)["listings"]
+
+    def status_map(self) -> dict[str, Any]:
+        """This exchange's normalized -> raw status table (``{"map": {market: {status: raw}}}``)."""
+        return self._call("GET", "/_sim/status-map")
+
+    def ports(self) -> dict[str, str]:
+        """exchange -> base URL of every exchange this simulator process serves."""
+        return self._call("GET", "/_sim/ports")["ports"]
+
     # ---------------------------------------------------------------- REST faults
     def rest_fault(self, kind: str, path: str = "*", count: int | None = None,
                    duration_s: float | None = None, retry_after: int = 60, status: int = 503,
-                   hang_s: float = 30.0, body: str | None = None) -> dict[str, Any]:
-        """kind: 429 | 418 | 5xx | timeout | garbage | empty; for ``count`` requests or ``duration_s``."""
+                   hang_s: float = 30.0, body: str | None = None,
+                   fraction: float | None = None) -> dict[str, Any]:
+        """kind: 429 | 418 | 403 | 5xx | timeout | garbage | empty | truncate (drops the tail
+        ``fraction`` of the list, default 0.5); for ``count`` requests or ``duration_s``."""
         return self._post("/_sim/rest/fault", kind=kind, path=path, count=count, duration_s=duration_s,
-                          retry_after=retry_after, status=status, hang_s=hang_s, body=body)
+                          retry_after=retry_after, status=status, hang_s=hang_s, body=body, fraction=fraction)
 
     def clear_rest_faults(self, path: str | None = None) -> dict[str, Any]:
         return self._post("/_sim/rest/clear", path=path)
 
 
+@overload
 def start_simulator_process(port: int = 0, extra_args: Sequence[str] = (), *, timeout: float = 15.0,
-                            env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+                            env: dict[str, str] | None = None, exchanges: None = None,
+                            base_port: int | None = None) -> tuple[subprocess.Popen, str]: ...
+
+
+@overload
+def start_simulator_process(port: int = 0, extra_args: Sequence[str] = (), *, timeout: float = 15.0,
+                            env: dict[str, str] | None = None, exchanges: Sequence[str] | Literal["all"],
+                            base_port: int | None = None) -> tuple[subprocess.Popen, str, dict[str, str]]: ...
+
+
+def start_simulator_process(port: int = 0, extra_args: Sequence[str] = (), *, timeout: float = 15.0,
+                            env: dict[str, str] | None = None, exchanges: Sequence[str] | str | None = None,
+                            base_port: int | None = None) -> Any:
     """Spawn ``python -m collector.simulator`` and wait for its READY line.
 
-    Returns (process, base URL ``http://127.0.0.1:PORT``). The simulator exits by itself when this
-    process dies (``--parent-pid``). Stop it with ``stop_simulator_process``.
+    Returns (process, base URL ``http://127.0.0.1:PORT``) -- Binance only, as before -- or, with
+    ``exchanges`` (a list of names or "all"), (process, URL of the first exchange, {exchange: URL}),
+    each exchange on its own port (``base_port`` + i, or free ports when 0/None with ``port`` 0).
+    The simulator exits by itself when this process dies (``--parent-pid``). Stop it with
+    ``stop_simulator_process``.
     """
     cmd = [sys.executable, "-m", "collector.simulator", "--port", str(port),
-           "--parent-pid", str(os.getpid()), *extra_args]
+           "--parent-pid", str(os.getpid())]
+    if exchanges is not None:
+        names = exchanges if isinstance(exchanges, str) else ",".join(exchanges)
+        cmd += ["--exchanges", names]
+        if base_port is not None:
+            cmd += ["--base-port", str(base_port)]
+    cmd += list(extra_args)
+    want_lines = 1 if exchanges is None else 2
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     buf = b""
@@ -171,7 +242,7 @@ def start_simulator_process(port: int = 0, extra_args: Sequence[str] = (), *, ti
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
-        while b"\n" not in buf:
+        while buf.count(b"\n") < want_lines:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError(f"simulator did not print its READY line within {timeout} s")
@@ -188,11 +259,23 @@ def start_simulator_process(port: int = 0, extra_args: Sequence[str] = (), *, ti
         raise
     finally:
         sel.close()
-    line = buf.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    lines = [ln.decode("utf-8", "replace").strip() for ln in buf.split(b"\n")]
+    line = lines[0]
     if not line.startswith(READY_PREFIX):
         _kill(proc)
         raise RuntimeError(f"unexpected first line from simulator: {line[:200]!r}")
-    return proc, line[len(READY_PREFIX):].strip()
+    base_url = line[len(READY_PREFIX):].strip()
+    if exchanges is None:
+        return proc, base_url
+    if not lines[1].startswith(PORTS_PREFIX):
+        _kill(proc)
+        raise RuntimeError(f"unexpected second line from simulator: {lines[1][:200]!r}")
+    try:
+        ports = json.loads(lines[1][len(PORTS_PREFIX):])
+    except ValueError:
+        _kill(proc)
+        raise RuntimeError(f"unreadable ports line from simulator: {lines[1][:200]!r}") from None
+    return proc, base_url, ports
 
 
 def _kill(proc: subprocess.Popen) -> None:

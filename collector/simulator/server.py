@@ -12,6 +12,13 @@ Run it with ``python -m collector.simulator --port 0`` (or ``collector simulate`
   ping every ``--ping-interval`` s that must be answered (with its payload) within a minute.
 
 Control endpoints (JSON in/out) live under ``/_sim/``; ``collector.simulator.client`` wraps them.
+
+``--exchanges binance,okx,...|all`` serves several exchanges from one process, each on its own port
+(exchanges share paths: Binance and MEXC both answer ``/api/v3/exchangeInfo``): the instrument lists
+of ``listings.VENUES`` with their recorded body shapes, scripted per port under ``/_sim/listings/``
+(one status vocabulary: pre_trading | trading | halted | delisted), ``/_sim/rest/fault``,
+``/_sim/stats``; ``GET /_sim/ports`` on every port, and a second stdout line
+``SIMULATOR PORTS {"okx": "http://127.0.0.1:..."}`` give the exchange -> URL map.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import WSMsgType, web
 
+from collector.simulator.listings import EXCHANGES, NORMAL, VENUES, BinanceListings, Mode, Venue
 from collector.simulator.state import (
+    MAX_FILLER,
     MAX_SYMBOL_LEN,
     SimConfig,
     SimError,
@@ -92,6 +101,10 @@ async def _fault_response(state: SimState, request: web.Request, fault: Any) -> 
         return _binance_error(
             -1003, f"Way too much request weight used; IP banned until {until}. "
             "Please use WebSocket Streams for live updates to avoid bans.", 418, headers)
+    if fault.kind == "403":
+        # the WAF's answer to a violated rate limit: not a JSON envelope
+        return web.Response(text="<html><head><title>403 Forbidden</title></head><body><h1>403 Forbidden"
+                            "</h1></body></html>", status=403, content_type="text/html", headers=headers)
     if fault.kind == "5xx":
         if fault.body is not None:
             return web.Response(text=fault.body, status=fault.status, headers=headers)
@@ -112,6 +125,9 @@ async def _fault_response(state: SimState, request: web.Request, fault: Any) -> 
         return None
     if fault.kind == "empty":
         request["sim_empty"] = True
+        return None
+    if fault.kind == "truncate":
+        request["sim_drop_fraction"] = fault.fraction or 0.5
         return None
     return None
 
@@ -161,7 +177,8 @@ async def _exchange_info(request: web.Request) -> web.Response:
         symbols = parsed
     try:
         body = state.exchange_info_body(market, symbols=symbols, status=q.get("symbolStatus"),
-                                        empty=bool(request.get("sim_empty")))
+                                        empty=bool(request.get("sim_empty")),
+                                        drop_fraction=float(request.get("sim_drop_fraction", 0.0)))
     except SimError:
         return _binance_error(-1121, "Invalid symbol.", headers=headers)
     return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
@@ -448,17 +465,67 @@ def _control_routes() -> list[web.RouteDef]:
         post("/_sim/rest/fault",
              {"kind": ((str,), ...), "path": ((str,), "*"), "count": ((int,), None),
               "duration_s": (NUM, None), "retry_after": ((int,), 60), "status": ((int,), 503),
-              "hang_s": (NUM, 30.0), "body": OPT_STR},
+              "hang_s": (NUM, 30.0), "body": OPT_STR, "fraction": (NUM, None)},
              lambda s, a: s.add_fault(**a)),
         post("/_sim/rest/clear", {"path": OPT_STR}, lambda s, a: s.clear_faults(a["path"])),
     ]
 
 
+# ---------------------------------------------------------------------------------------- listings
+def _listing_routes() -> list[web.RouteDef]:
+    """Scripting in one vocabulary on every exchange's port (Binance: through ``BinanceListings``)."""
+
+    def post(path: str, spec: _Spec, action: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> web.RouteDef:
+        async def handler(request: web.Request) -> web.Response:
+            args = _fields(await _body(request), spec)
+            return _json(action(request.app[LISTINGS_KEY], args))
+        return web.post(path, handler)
+
+    async def listings(request: web.Request) -> web.Response:
+        target = request.app[LISTINGS_KEY]
+        market = request.query.get("market")
+        return _json({"exchange": target.name, "listings": target.list_rows(market)})
+
+    async def status_map(request: web.Request) -> web.Response:
+        return _json(request.app[LISTINGS_KEY].status_map())
+
+    async def ports(request: web.Request) -> web.Response:
+        return _json({"exchange": request.app[LISTINGS_KEY].name, "ports": request.app[PORTS_KEY]})
+
+    return [
+        web.get("/_sim/listings", listings),
+        web.get("/_sim/status-map", status_map),
+        web.get("/_sim/ports", ports),
+        post("/_sim/listings/add",
+             {"base": ((str,), ...), "quote": ((str,), ...), "status": ((str,), "trading"),
+              "market": ((str,), "spot"), "symbol": OPT_STR, "raw_status": OPT_STR},
+             lambda t, a: t.add(**a)),
+        post("/_sim/listings/status",
+             {"symbol": ((str,), ...), "market": ((str,), "spot"), "status": OPT_STR, "raw_status": OPT_STR},
+             lambda t, a: t.set_status(**a)),
+        post("/_sim/listings/remove", {"symbol": ((str,), ...), "market": ((str,), "spot")},
+             lambda t, a: t.remove(**a)),
+        post("/_sim/listings/filler",
+             {"count": ((int,), ...), "quote": ((str,), "USDT"), "market": ((str,), "spot")},
+             lambda t, a: t.add_filler(**a)),
+    ]
+
+
 # ---------------------------------------------------------------------------------------- app
-def build_app(state: SimState) -> web.Application:
-    """The aiohttp application serving Binance's endpoints and the /_sim/ controls for ``state``."""
+PORTS_KEY: web.AppKey[dict[str, str]] = web.AppKey("sim_ports", dict)
+LISTINGS_KEY: web.AppKey[Any] = web.AppKey("sim_listings", object)
+VENUE_KEY: web.AppKey[Venue] = web.AppKey("sim_venue", Venue)
+
+
+def build_app(state: SimState, ports: dict[str, str] | None = None) -> web.Application:
+    """The aiohttp application serving Binance's endpoints and the /_sim/ controls for ``state``.
+
+    ``ports``: the exchange -> base URL map of a multi-exchange run (``GET /_sim/ports``).
+    """
     app = web.Application(middlewares=[_rest_middleware], client_max_size=1024 * 1024)
     app[STATE_KEY] = state
+    app[LISTINGS_KEY] = BinanceListings(state)
+    app[PORTS_KEY] = ports if ports is not None else {}
     app.add_routes([
         web.get("/api/v3/exchangeInfo", _exchange_info),
         web.get("/api/v3/depth", _depth),
@@ -471,6 +538,7 @@ def build_app(state: SimState) -> web.Application:
         web.get("/ws", _ws_handler),
         web.get("/ws/{streams:.+}", _ws_handler),
         *_control_routes(),
+        *_listing_routes(),
     ])
 
     async def on_startup(_app: web.Application) -> None:
@@ -484,11 +552,110 @@ def build_app(state: SimState) -> web.Application:
     return app
 
 
+_GARBAGE = b"<html><head><title>Bad Gateway</title></head> \x00{{{"
+
+
+async def _venue_fault(venue: Venue, request: web.Request, fault: Any) -> web.StreamResponse | None:
+    """The scripted answer for a faulted listing request, or None to answer (maybe altered) normally."""
+    headers: dict[str, str] = {}
+    if fault.kind in ("429", "418", "403"):
+        if fault.kind != "403":  # a ban answer (Bybit 403) announces no time: wait per the docs
+            headers["Retry-After"] = str(fault.retry_after)
+        body = venue.error(fault.kind, int(fault.kind))
+        ctype = JSON_CT if body[:1] in (b"{", b"[") else "text/plain; charset=utf-8"
+        return web.Response(body=body, status=int(fault.kind), headers={"Content-Type": ctype, **headers})
+    if fault.kind == "5xx":
+        if fault.body is not None:
+            return web.Response(text=fault.body, status=fault.status)
+        if fault.status in (502, 504):  # what the load balancer in front says
+            return web.Response(text=f"<html><body><h1>{fault.status} Gateway error</h1></body></html>",
+                                status=fault.status, content_type="text/html")
+        return web.Response(body=venue.error("5xx", fault.status), status=fault.status,
+                            headers={"Content-Type": JSON_CT})
+    if fault.kind == "garbage":
+        body = fault.body.encode() if fault.body is not None else _GARBAGE
+        return web.Response(body=body, status=200, headers={"Content-Type": JSON_CT})
+    if fault.kind == "timeout":
+        await asyncio.sleep(fault.hang_s)  # longer than the client waits; then a normal answer
+        return None
+    if fault.kind == "empty":
+        request["sim_mode"] = Mode(empty=True)
+    elif fault.kind == "truncate":
+        request["sim_mode"] = Mode(drop_fraction=fault.fraction or 0.5)
+    return None
+
+
+@web.middleware
+async def _venue_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    if request.path.startswith("/_sim/"):
+        try:
+            return await handler(request)
+        except SimError as exc:
+            return _json({"ok": False, "error": exc.message}, status=exc.status)
+    venue = request.app[VENUE_KEY]
+    key = venue.path_key(request.path)
+    venue.rest_calls[key] += 1
+    if key != "other":
+        fault = venue.faults.take(request.path)
+        if fault is not None:
+            venue.rest_faulted[key] += 1
+            resp = await _venue_fault(venue, request, fault)
+            if resp is not None:
+                return resp
+    return await handler(request)
+
+
+async def _venue_rest(request: web.Request) -> web.Response:
+    venue = request.app[VENUE_KEY]
+    status, body = venue.route_handlers[request.path](request.query, request.get("sim_mode", NORMAL))
+    return web.Response(body=body, status=status, headers={"Content-Type": JSON_CT})
+
+
+def build_listing_app(venue: Venue, ports: dict[str, str] | None = None) -> web.Application:
+    """One exchange's instrument-list endpoints and its /_sim/ controls, for its own port."""
+    app = web.Application(middlewares=[_venue_middleware], client_max_size=1024 * 1024)
+    app[VENUE_KEY] = venue
+    app[LISTINGS_KEY] = venue
+    app[PORTS_KEY] = ports if ports is not None else {}
+
+    def post(path: str, spec: _Spec, action: Callable[[Venue, dict[str, Any]], dict[str, Any]]) -> web.RouteDef:
+        async def handler(request: web.Request) -> web.Response:
+            return _json(action(request.app[VENUE_KEY], _fields(await _body(request), spec)))
+        return web.post(path, handler)
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(request.app[VENUE_KEY].stats())
+
+    app.add_routes([web.get(path, _venue_rest) for path in venue.route_handlers])
+    app.add_routes([
+        web.get("/_sim/stats", stats),
+        post("/_sim/reset", {"drop_connections": ((bool,), True)}, lambda v, a: v.reset()),
+        post("/_sim/rest/fault",
+             {"kind": ((str,), ...), "path": ((str,), "*"), "count": ((int,), None),
+              "duration_s": (NUM, None), "retry_after": ((int,), 60), "status": ((int,), 503),
+              "hang_s": (NUM, 30.0), "body": OPT_STR, "fraction": (NUM, None)},
+             lambda v, a: v.faults.add(**a)),
+        post("/_sim/rest/clear", {"path": OPT_STR}, lambda v, a: v.faults.clear(a["path"])),
+        *_listing_routes(),
+    ])
+    return app
+
+
+# ---------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="collector simulate",
-                                description="Local Binance simulator (REST + WebSocket), scriptable via /_sim/.")
+                                description="Local exchange simulator: Binance REST + WebSocket, and the "
+                                "instrument lists of 12 more exchanges (one port each); scriptable via /_sim/.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8900, help="port; 0 picks a free one (default 8900)")
+    p.add_argument("--exchanges", default=None,
+                   help=f"comma list of exchanges to serve, each on its own port, or 'all' ({','.join(EXCHANGES)}); "
+                   "default: binance only, on --port")
+    p.add_argument("--base-port", type=int, default=None,
+                   help="with --exchanges: the i-th exchange listens on BASE+i; 0 = free ports (default: --port)")
+    p.add_argument("--filler", type=int, default=0,
+                   help="trading filler symbols added to the spot list of every served exchange (default 0)")
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,BNBBTC",
                    help="comma list of native spot symbols (BTCUSDT) or BASE-QUOTE")
     p.add_argument("--futures-symbols", default="", help="comma list of USDⓈ-M symbols (default none)")
@@ -507,6 +674,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("ping_interval", "trade_rate"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.filler <= MAX_FILLER:
+        p.error(f"--filler must be 0..{MAX_FILLER}")
+    args.multi = args.exchanges is not None
+    if args.multi:
+        names = [n.strip().lower() for n in args.exchanges.split(",") if n.strip()]
+        if names == ["all"]:
+            names = list(EXCHANGES)
+        unknown = [n for n in names if n not in EXCHANGES]
+        if unknown or not names:
+            p.error(f"--exchanges: unknown {unknown or 'empty list'}; choose from {','.join(EXCHANGES)} or 'all'")
+        args.exchange_list = list(dict.fromkeys(names))
+        base = args.port if args.base_port is None else args.base_port
+        if base and not 1 <= base <= 65536 - len(args.exchange_list):
+            p.error("--base-port (or --port) leaves no room for one port per exchange")
+        args.port_list = [base + i if base else 0 for i in range(len(args.exchange_list))]
+    else:
+        if args.base_port is not None:
+            p.error("--base-port needs --exchanges")
+        args.exchange_list = ["binance"]
+        args.port_list = [args.port]
     try:
         args.symbol_list = [s for s in args.symbols.split(",") if s.strip()]
         args.futures_list = [s for s in args.futures_symbols.split(",") if s.strip()]
@@ -519,35 +706,71 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _serve(state: SimState, args: argparse.Namespace) -> int:
-    app = build_app(state)
-    # long request lines: a combined-stream URL with 1024 streams is ~16 kB
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0,
-                           max_line_size=65536)
-    await runner.setup()
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, args.port))
+        sock.bind((host, port))
         sock.listen(1024)
         sock.setblocking(False)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        await runner.cleanup()
-        print(f"simulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    site = web.SockSite(runner, sock)
-    await site.start()
-    port = sock.getsockname()[1]
+        raise
+    return sock
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent_pid:
+            log.warning("parent process %s is gone; stopping", parent_pid)
+            stop.set()
+
+
+async def _serve(state: SimState | None, args: argparse.Namespace) -> int:
+    ports: dict[str, str] = {}
+    socks: list[socket.socket] = []
+    for name, port in zip(args.exchange_list, args.port_list):
+        try:
+            socks.append(_listen(args.host, port))
+        except OSError as exc:
+            for s in socks:
+                s.close()
+            print(f"simulator: cannot listen on {args.host}:{port} ({name}): {exc}", file=sys.stderr, flush=True)
+            return 1
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else (f"[{args.host}]" if ":" in args.host else args.host)
+    for name, sock in zip(args.exchange_list, socks):
+        ports[name] = f"http://{shown}:{sock.getsockname()[1]}"
+    runners: list[web.AppRunner] = []
+    for name, sock in zip(args.exchange_list, socks):
+        if name == "binance":
+            assert state is not None
+            app = build_app(state, ports)
+        else:
+            venue = VENUES[name]()
+            if args.filler:
+                venue.add_filler(args.filler)
+            app = build_listing_app(venue, ports)
+        # long request lines: a combined-stream URL with 1024 streams is ~16 kB
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0,
+                               max_line_size=65536)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        runners.append(runner)
     stop = asyncio.Event()
-    state.stop_event = stop
+    if state is not None:
+        state.stop_event = stop
+    watcher = None
+    if args.parent_pid and state is None:  # SimState watches the parent itself when Binance runs
+        watcher = asyncio.get_running_loop().create_task(_watch_parent(args.parent_pid, stop))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"SIMULATOR READY http://{shown}:{port}", flush=True)
-    # exactly one line on stdout: a parent that stops reading the pipe must never block us
+    print(f"SIMULATOR READY {ports[args.exchange_list[0]]}", flush=True)
+    if args.multi:
+        print(f"SIMULATOR PORTS {orjson.dumps(ports).decode()}", flush=True)
+    # nothing more on stdout: a parent that stops reading the pipe must never block us
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -556,7 +779,10 @@ async def _serve(state: SimState, args: argparse.Namespace) -> int:
         pass
     await stop.wait()
     log.info("simulator stopping")
-    await runner.cleanup()
+    if watcher is not None:
+        watcher.cancel()
+    for runner in runners:
+        await runner.cleanup()
     return 0
 
 
@@ -567,10 +793,14 @@ def cli_main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr, format="%(asctime)s simulator %(levelname)s %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("simulator bound to %s: it has no authentication; keep it off public networks", args.host)
-    config = SimConfig(ping_interval=args.ping_interval, trade_rate=args.trade_rate,
-                       weight_limit=args.weight_limit, max_incoming_per_second=args.max_incoming_per_second)
-    state = SimState(symbols=args.symbol_list, futures_symbols=args.futures_list, seed=args.seed,
-                     config=config, parent_pid=args.parent_pid)
+    state = None
+    if "binance" in args.exchange_list:
+        config = SimConfig(ping_interval=args.ping_interval, trade_rate=args.trade_rate,
+                           weight_limit=args.weight_limit, max_incoming_per_second=args.max_incoming_per_second)
+        state = SimState(symbols=args.symbol_list, futures_symbols=args.futures_list, seed=args.seed,
+                         config=config, parent_pid=args.parent_pid)
+        if args.filler:
+            state.add_filler_symbols(args.filler)
     runner_factory: Any = asyncio.run
     if not args.no_uvloop:
         try:

@@ -48,7 +48,7 @@ MAX_FILLER = 20_000
 MAX_MALFORMED_SIZE = 16 * 1024 * 1024  # well under slow_consumer_bytes, so it cannot trip that guard
 MAX_TRACKED_IDS = 1_000_000   # per symbol; beyond this only counters are kept
 FIREHOSE_HIGH_WATER = 256 * 1024  # bytes queued on a connection before the firehose waits
-FAULT_KINDS = ("429", "418", "5xx", "timeout", "garbage", "empty")
+FAULT_KINDS = ("429", "418", "403", "5xx", "timeout", "garbage", "empty", "truncate")
 WEIGHT_WINDOW_S = 60
 
 
@@ -184,6 +184,7 @@ class RestFault:
     body: str | None = None
     created_ms: int = 0
     hits: int = 0
+    fraction: float | None = None  # kind "truncate": share of the list's rows to drop
 
     def expired(self, now: float) -> bool:
         return (self.remaining is not None and self.remaining <= 0) or (
@@ -194,6 +195,24 @@ class RestFault:
         d.pop("until")
         d["seconds_left"] = None if self.until is None else round(max(0.0, self.until - now), 3)
         return d
+
+
+def check_fraction(kind: str, fraction: Any) -> float | None:
+    """The drop fraction of a "truncate" fault (default 0.5); None for other kinds."""
+    if kind != "truncate":
+        return None
+    fraction = 0.5 if fraction is None else fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise SimError(400, "fraction (share of rows to drop) must be in (0, 1]")
+    return float(fraction)
+
+
+def keep_rows(rows: list[Any], drop_fraction: float) -> list[Any]:
+    """``rows`` minus their tail share ``drop_fraction`` (a cut-off list; at least one row goes)."""
+    if drop_fraction <= 0 or not rows:
+        return rows
+    keep = min(len(rows) - 1, math.floor(len(rows) * (1.0 - drop_fraction)))
+    return rows[:max(keep, 0)]
 
 
 class Listing:
@@ -522,11 +541,16 @@ class SimState:
 
     # ------------------------------------------------------------------ REST bodies
     def exchange_info_body(self, market: str, symbols: list[str] | None = None,
-                           status: str | None = None, empty: bool = False) -> bytes:
-        """The exchangeInfo body; raises SimError(-1121 style) for an unknown requested symbol."""
+                           status: str | None = None, empty: bool = False, drop_fraction: float = 0.0) -> bytes:
+        """The exchangeInfo body; raises SimError(-1121 style) for an unknown requested symbol.
+
+        ``drop_fraction`` > 0 serves a truncated list (the tail share of the symbols missing).
+        """
         listings = self.listings[market]
         if empty:
             sym_bytes = b"[]"
+        elif drop_fraction > 0 and symbols is None and status is None:
+            sym_bytes = orjson.dumps([lst.obj for lst in keep_rows(list(listings.values()), drop_fraction)])
         elif symbols is None and status is None:
             cached = self._body_cache[market]
             if cached is None:
@@ -601,7 +625,7 @@ class SimState:
 
     def add_fault(self, kind: str, path: str = "*", count: int | None = None,
                   duration_s: float | None = None, retry_after: int = 60, status: int = 503,
-                  hang_s: float = 30.0, body: str | None = None) -> dict[str, Any]:
+                  hang_s: float = 30.0, body: str | None = None, fraction: float | None = None) -> dict[str, Any]:
         if kind not in FAULT_KINDS:
             raise SimError(400, f"kind must be one of {FAULT_KINDS}")
         if not isinstance(path, str) or not (path == "*" or path.startswith("/")) or len(path) > 200:
@@ -620,6 +644,7 @@ class SimState:
             raise SimError(400, "hang_s must be in [0, 600]")
         if body is not None and (not isinstance(body, str) or len(body) > 1_000_000):
             raise SimError(400, "body must be a string of at most 1 MB")
+        fraction = check_fraction(kind, fraction)
         now = time.monotonic()
         self.faults = [f for f in self.faults if not f.expired(now)]
         if len(self.faults) >= MAX_FAULTS:
@@ -627,10 +652,10 @@ class SimState:
         fault = RestFault(id=self._next_fault_id, kind=kind, path=path, remaining=count,
                           until=None if duration_s is None else now + float(duration_s),
                           retry_after=retry_after, status=status, hang_s=float(hang_s), body=body,
-                          created_ms=now_ms())
+                          created_ms=now_ms(), fraction=fraction)
         self._next_fault_id += 1
         self.faults.append(fault)
-        return {"ok": True, "fault": fault.public(now)}
+        return {"ok": True, "fault": fault.public(now), "visible_at_ms": now_ms()}
 
     def take_fault(self, path: str, rest: bool) -> RestFault | None:
         """The fault that applies to this request (consuming one use), or None.
