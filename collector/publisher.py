@@ -37,8 +37,8 @@ import hiredis
 import orjson
 
 from collector.listings import (
-    InstrumentsError, ListingTracker, ListingUpdate, decode_state, pairs_key, parse_instruments_msg,
-    state_commands, untraded_key,
+    InstrumentsError, ListingTracker, ListingUpdate, decode_state, listing_params, load_commands,
+    parse_instruments_msg, state_commands,
 )
 from collector.logs import setup_logging
 from collector.redis_writer import RedisConnection, RedisUnavailable, is_transient_error
@@ -46,7 +46,7 @@ from shared import __version__, ipc
 from shared.backoff import Backoff
 from shared.child import StatusLink, run_child
 from shared.dedup import Deduper
-from shared.events import now_ms
+from shared.events import EV_DELISTING, EV_LISTING, EV_PRE_LISTING, EV_STATUS_CHANGE, now_ms
 from shared.ratelimit import TokenBucket
 from shared.symbols import NAME_RE
 from shared.settings import Settings
@@ -163,8 +163,9 @@ class _LogLimiter:
 # Buffer items are tuples (fast to build on the hot path):
 #   (packed_commands: bytes, n_replies: int, stats: StreamStats, rx_ns: int, exec_index)
 # exec_index None: a plain XADD; -1: a MULTI/EXEC with state only; >= 0: a MULTI/EXEC whose EXEC
-# result holds the event's XADD reply at that index.
-_PACKED, _NREPLIES, _STATS, _RX, _XI = range(5)
+# result holds the event's XADD reply at that index. MULTI/EXEC items carry a sixth element: the
+# listing event's name (listing, delisting, ...) or None, for the per-event-type counters.
+_PACKED, _NREPLIES, _STATS, _RX, _XI, _EV = range(6)
 
 
 def _item_events(item: tuple) -> int:
@@ -186,7 +187,10 @@ class Publisher:
         self.maxlen_default = str(ps.maxlen.get("default", 100_000))
         self.streams: dict[str, StreamStats] = {}
         self.latency = LatencyHistogram()
-        self.tracker = ListingTracker(settings.node_id)
+        self.tracker = ListingTracker(settings.node_id, params=listing_params(settings))
+        #: listing events written to Redis, by event type
+        self.listings_by_event: dict[str, int] = dict.fromkeys(
+            (EV_PRE_LISTING, EV_LISTING, EV_STATUS_CHANGE, EV_DELISTING), 0)
         self.children: dict[str, Any] = {}
         # RedisEndpoint parsing raises ValueError on a bad URL (a config error)
         self.data_conn = RedisConnection(settings.redis, name="data")
@@ -234,6 +238,9 @@ class Publisher:
             "latency": self.latency.snapshot(),
             "last_push_at": self.last_push_at,
             "listings_emitted": self.listings_emitted,
+            "listings_by_event": dict(self.listings_by_event),
+            "listing_snapshots_truncated": self.tracker.truncated_snapshots,
+            "listing_snapshots_empty": self.tracker.ignored_empty,
             "workers_connected": sorted({c.exchange for c in self._conns if c.exchange}),
             "frame_errors": self.frame_errors,
             "errors": self.errors,
@@ -577,6 +584,9 @@ class Publisher:
                 elif outcome == "pushed":
                     stat.pushed += 1
                     self.listings_emitted += 1
+                    ev = item[_EV]
+                    if ev is not None:
+                        self.listings_by_event[ev] = self.listings_by_event.get(ev, 0) + 1
                     lat = (now_ns - item[_RX]) * 1e-9
                     counts[bisect_left(bounds, lat)] += 1
                     lat_sum += lat
@@ -617,11 +627,10 @@ class Publisher:
         return outcome
 
     # ------------------------------------------------------------------ listings
-    async def _load_state(self, exchange: str) -> tuple[dict[str, str], set[str]]:
-        data = hiredis.pack_command(("HGETALL", pairs_key(exchange))) + \
-            hiredis.pack_command(("SMEMBERS", untraded_key(exchange)))
-        h, s = await self.ctl_conn.execute_packed(data, 2)
-        return decode_state(h, s)
+    async def _load_state(self, exchange: str) -> tuple[dict[str, str], set[str], dict[str, str]]:
+        cmds = load_commands(exchange)
+        data = b"".join([hiredis.pack_command(c) for c in cmds])
+        return decode_state(*await self.ctl_conn.execute_packed(data, len(cmds)))
 
     async def _listing_loop(self) -> None:
         ps = self.settings.publisher
@@ -648,6 +657,7 @@ class Publisher:
         cmds: list[tuple] = [("MULTI",)]
         xi = -1
         cls = LISTING_CLASS
+        ev_name: str | None = None
         if upd.event is not None:
             stream, dkey, cls, fields, _ = upd.event
             if cls != LISTING_CLASS:
@@ -658,13 +668,14 @@ class Publisher:
             else:
                 cmds.append(("XADD", stream, "MAXLEN", "~", self.maxlen.get(cls, self.maxlen_default), "*", *fields))
                 xi = 0
+                ev_name = upd.event_name
         cmds.extend(state_commands(upd))
         if len(cmds) == 1:
             return
         cmds.append(("EXEC",))
         packed = b"".join([hiredis.pack_command(c) for c in cmds])
         # not subject to the buffer bound: the in-memory state already counts it as written
-        self._admit((packed, len(cmds), stat, time.monotonic_ns(), xi), cls)
+        self._admit((packed, len(cmds), stat, time.monotonic_ns(), xi, ev_name), cls)
 
     # ------------------------------------------------------------------ heartbeat
     def heartbeat_stats(self) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from shared.exchanges import format_score_weight, format_tier, resolve_score_weight, resolve_tier
+
 LISTING_STREAM = "events:raw"
 
 #: normalized listing statuses (every exchange's own status maps onto one of these)
@@ -125,14 +127,23 @@ def listing_event(
     node_id: str,
     previous_status: str | None = None,
     raw_text: str | None = None,
+    tier: str | int | None = None,
+    score_weight: str | float | None = None,
 ) -> WireEvent:
     """A listing-lifecycle wire event for ``events:raw``.
 
     Node A fields (source, source_type, exchange, symbol, event, raw_text, url, detected_at,
     node_id) keep their meaning: ``symbol`` is the base asset, as in Node A's examples. Added:
     market, pair (canonical BASE-QUOTE), native_symbol, base, quote, status, raw_status,
-    previous_status.
+    previous_status, tier and score_weight (strings, e.g. ``"1"`` and ``"1.5"``; None = Node A's
+    value for ``exchange`` from :mod:`shared.exchanges`, ``""`` for an exchange without one).
     """
+    if tier is None:
+        tier = resolve_tier(exchange)
+    if score_weight is None:
+        score_weight = resolve_score_weight(exchange)
+    tier_s = tier if isinstance(tier, str) else format_tier(tier)
+    weight_s = score_weight if isinstance(score_weight, str) else format_score_weight(score_weight)
     base, quote, market = info["base"], info["quote"], info["market"]
     pair = info["symbol"]
     status = info["status"]
@@ -159,6 +170,8 @@ def listing_event(
         "status", status,
         "raw_status", info.get("raw_status", ""),
         "previous_status", previous_status or "",
+        "tier", tier_s,
+        "score_weight", weight_s,
     ]
     dedup = f"l:{exchange}:{market}:{native_symbol}:{event}:{status}"
     return [LISTING_STREAM, dedup, "listing", fields, time.monotonic_ns()]

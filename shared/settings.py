@@ -139,6 +139,15 @@ class ExchangeSettings(_Section):
     rest_max_retries: int = Field(3, ge=0, le=10)
     breaker_threshold: int = Field(5, ge=1)
     breaker_recovery: float = Field(300.0, gt=0)
+    #: Node A tier put on this exchange's listing events; None = shared.exchanges' default
+    tier: int | None = Field(None, ge=1, le=9)
+    #: Node A score weight put on this exchange's listing events; None = shared.exchanges' default
+    score_weight: float | None = Field(None, gt=0, le=100)
+    #: a symbol must be missing from this many consecutive full instrument lists before `delisting`
+    delist_confirm_polls: int = Field(3, ge=1, le=10_000)
+    #: a full list missing more than this fraction of a market's known, not-delisted symbols is
+    #: treated as truncated (an outage): no symbol's missing count advances
+    delist_max_fraction: float = Field(0.1, gt=0, le=1)
 
     @field_validator("rest_url", "ws_url")
     @classmethod

@@ -1,4 +1,5 @@
-"""ListingTracker's pure logic: diff rules, seeding, outage handling, pending snapshots, commands."""
+"""ListingTracker's pure logic: lifecycle diff rules, seeding, delisting confirmation, the
+truncation guard, outage handling, pending snapshots, tier/weight, Redis commands."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import asyncio
 import pytest
 
 from collector.listings import (
-    InstrumentsError, ListingTracker, decode_state, diff_instruments, parse_instruments_msg,
-    seed_changes, state_commands,
+    InstrumentsError, ListingParams, ListingTracker, count_misses, decode_info, decode_state,
+    default_params, diff_instruments, encode_info, listing_params, parse_instruments_msg, seed_changes,
+    state_commands,
 )
-from shared.events import fields_to_dict
+from shared.events import fields_to_dict, listing_event
+from shared.exchanges import EXCHANGES, LISTING_SOURCES
+from shared.settings import EXCHANGE_NAMES, ConfigError, load_settings
 
 
 def info(native: str, status: str = "trading", market: str = "spot") -> dict[str, str]:
@@ -29,25 +33,28 @@ def snap(*natives_status: tuple[str, str], **kw) -> dict:
 
 
 class FakeRedis:
-    """What load_state would read: the hash and the untraded set (no Redis needed)."""
+    """What load_state would read: the status hash, the untraded set and the info hash (no Redis needed)."""
 
     def __init__(self) -> None:
         self.fields: dict[str, dict[str, str]] = {}
         self.untraded: dict[str, set[str]] = {}
+        self.infos: dict[str, dict[str, str]] = {}
         self.loads = 0
         self.down = False
 
-    async def load(self, exchange: str) -> tuple[dict[str, str], set[str]]:
+    async def load(self, exchange: str) -> tuple[dict[str, str], set[str], dict[str, str]]:
         if self.down:
             raise ConnectionError("redis down")
         self.loads += 1
-        return dict(self.fields.get(exchange, {})), set(self.untraded.get(exchange, set()))
+        return (dict(self.fields.get(exchange, {})), set(self.untraded.get(exchange, set())),
+                dict(self.infos.get(exchange, {})))
 
     def apply(self, updates) -> None:
         for u in updates:
             self.fields.setdefault(u.exchange, {}).update(u.set_status)
             self.untraded.setdefault(u.exchange, set()).update(u.untraded_add)
             self.untraded[u.exchange].difference_update(u.untraded_remove)
+            self.infos.setdefault(u.exchange, {}).update(u.set_info)
 
 
 def run(tracker: ListingTracker, fake: FakeRedis, m: dict):
@@ -249,9 +256,14 @@ def test_state_commands_and_decode() -> None:
     assert state_commands(ups[0]) == [
         ("HSET", "known:pairs:binance", "spot:PREUSDT", "pre_trading"),
         ("SADD", "known:untraded:binance", "spot:PREUSDT"),
+        ("HSET", "known:info:binance", "spot:PREUSDT", '["PRE-USDT","PRE","USDT","https://x/PRE_USDT"]'),
     ]
-    fields, members = decode_state([b"spot:A", b"trading", b"perp:B", b"halted"], [b"perp:B"])
+    fields, members, infos = decode_state([b"spot:A", b"trading", b"perp:B", b"halted"], [b"perp:B"],
+                                          [b"spot:A", b'["A-USDT","A","USDT","u"]'])
     assert fields == {"spot:A": "trading", "perp:B": "halted"} and members == {"perp:B"}
+    assert infos == {"spot:A": '["A-USDT","A","USDT","u"]'}
+    with pytest.raises(ConnectionError):
+        decode_state([], [], ConnectionError("x"))
 
 
 def test_state_written_by_one_tracker_is_what_a_restarted_one_reads() -> None:
@@ -261,7 +273,7 @@ def test_state_written_by_one_tracker_is_what_a_restarted_one_reads() -> None:
 
     import fakeredis
 
-    from collector.listings import ListingTracker, decode_state, pairs_key, parse_instruments_msg, state_commands, untraded_key
+    from collector.listings import ListingTracker, decode_state, load_commands, parse_instruments_msg, state_commands
 
     r = fakeredis.FakeRedis()
 
@@ -275,9 +287,10 @@ def test_state_written_by_one_tracker_is_what_a_restarted_one_reads() -> None:
         return events
 
     async def load_state(exchange: str):
-        h = r.hgetall(pairs_key(exchange))
-        flat = [x for kv in h.items() for x in kv]
-        return decode_state(flat, list(r.smembers(untraded_key(exchange))))
+        replies = [r.execute_command(*cmd) for cmd in load_commands(exchange)]
+        # fakeredis answers HGETALL with a dict; hiredis (what decode_state reads) with a flat list
+        return decode_state(*[[x for kv in rep.items() for x in kv] if isinstance(rep, dict) else list(rep)
+                              for rep in replies])
 
     def snapshot(**statuses: str) -> dict:
         return parse_instruments_msg({
@@ -301,8 +314,303 @@ def test_state_written_by_one_tracker_is_what_a_restarted_one_reads() -> None:
         assert await run(b, snapshot(BTCUSDT="trading", NEWUSDT="pre_trading")) == []
         # it remembers NEWUSDT never traded: opening it is a listing, not a status change
         assert await run(b, snapshot(BTCUSDT="trading", NEWUSDT="trading")) == ["listing"]
-        c = ListingTracker("N")
+        c = ListingTracker("N", params={"binance": ListingParams(delist_confirm_polls=2)})
         assert await run(c, snapshot(BTCUSDT="trading", NEWUSDT="trading")) == []
         assert await run(c, snapshot(BTCUSDT="trading", NEWUSDT="halted")) == ["status_change"]
+        # NEWUSDT disappears: its names survive in Redis for the delisting by absence
+        d = ListingTracker("N", params={"binance": ListingParams(delist_confirm_polls=2)})
+        assert await run(d, snapshot(BTCUSDT="trading")) == []
+        assert await run(d, snapshot(BTCUSDT="trading")) == ["delisting"]
+        assert r.hget("known:pairs:binance", "spot:NEWUSDT") == b"delisted"
+        e = ListingTracker("N")
+        assert await run(e, snapshot(BTCUSDT="trading")) == []  # delisted stays delisted: not counted again
+        assert await run(e, snapshot(BTCUSDT="trading", NEWUSDT="trading")) == ["listing"]  # relisted
 
     asyncio.run(main())
+
+
+# ---- lifecycle: explicit status transitions ----
+
+def test_diff_delisting_and_relisting_rules() -> None:
+    known = {"AUSDT": "trading", "BUSDT": "pre_trading", "CUSDT": "delisted", "DUSDT": "delisted",
+             "EUSDT": "delisted", "FUSDT": "halted", "GUSDT": "delisted"}
+    untraded = {"BUSDT"}
+    inst = {
+        "AUSDT": info("AUSDT", "delisted"),     # trading -> delisted: delisting
+        "BUSDT": info("BUSDT", "delisted"),     # delisted before it ever traded: delisting, untraded cleared
+        "CUSDT": info("CUSDT", "trading"),      # back, trading: a relisting -> listing
+        "DUSDT": info("DUSDT", "pre_trading"),  # back, not trading -> pre_listing, untraded again
+        "EUSDT": info("EUSDT", "halted"),       # back, halted -> pre_listing too
+        "FUSDT": info("FUSDT", "pre_trading"),  # halted -> pre_trading: some other change
+        "GUSDT": info("GUSDT", "delisted"),     # still delisted: nothing
+    }
+    ch = {c.native_symbol: c for c in diff_instruments(known, untraded, inst)}
+    assert set(ch) == {"AUSDT", "BUSDT", "CUSDT", "DUSDT", "EUSDT", "FUSDT"}
+    got = {n: (c.event, c.previous_status, c.untraded) for n, c in ch.items()}
+    assert got == {
+        "AUSDT": ("delisting", "trading", None),
+        "BUSDT": ("delisting", "pre_trading", False),
+        "CUSDT": ("listing", "delisted", None),
+        "DUSDT": ("pre_listing", "delisted", True),
+        "EUSDT": ("pre_listing", "delisted", True),
+        "FUSDT": ("status_change", "halted", None),
+    }
+    assert ch["CUSDT"].raw_text == "C/USDT trading again after a delisting (spot)"
+    assert ch["AUSDT"].raw_text is None  # the default "delisted" text
+
+
+def test_full_lifecycle_through_the_tracker_with_fields() -> None:
+    fake, tr = FakeRedis(), ListingTracker("NODE_A")
+    base = [(f"B{i}USDT", "trading") for i in range(20)]
+    assert events(run(tr, fake, snap(*base, exchange="okx"))) == []
+    steps = [("pre_trading", ("NEWUSDT", "pre_listing", "")),
+             ("trading", ("NEWUSDT", "listing", "pre_trading")),
+             ("halted", ("NEWUSDT", "status_change", "trading")),
+             ("trading", ("NEWUSDT", "status_change", "halted")),
+             ("delisted", ("NEWUSDT", "delisting", "trading"))]
+    for status, expected in steps:
+        ups = run(tr, fake, snap(*base, ("NEWUSDT", status), exchange="okx"))
+        assert events(ups) == [expected]
+        assert fake.fields["okx"]["spot:NEWUSDT"] == status
+    ev = fields_to_dict(ups[0].event[3])
+    assert ev == {
+        "source": "rest_binance", "source_type": "exchange", "exchange": "okx", "symbol": "NEW",
+        "event": "delisting", "raw_text": "NEW/USDT delisted (spot)", "url": "https://x/NEW_USDT",
+        "detected_at": "1764590430000", "node_id": "NODE_A", "market": "spot", "pair": "NEW-USDT",
+        "native_symbol": "NEWUSDT", "base": "NEW", "quote": "USDT", "status": "delisted",
+        "raw_status": "DELISTED", "previous_status": "trading", "tier": "2", "score_weight": "1.4",
+    }
+    assert ups[0].event[1] == "l:okx:spot:NEWUSDT:delisting:delisted"  # dedup key
+    # a delisted symbol that stays listed as delisted, or then vanishes, produces nothing more
+    for _ in range(5):
+        assert events(run(tr, fake, snap(*base, ("NEWUSDT", "delisted"), exchange="okx"))) == []
+        assert events(run(tr, fake, snap(*base, exchange="okx"))) == []
+
+
+def test_new_symbol_already_delisted_is_state_only() -> None:
+    fake, tr = FakeRedis(), ListingTracker("NODE_A")
+    run(tr, fake, snap(("BTCUSDT", "trading")))
+    ups = run(tr, fake, snap(("BTCUSDT", "trading"), ("DEADUSDT", "delisted")))
+    assert events(ups) == [] and fake.fields["binance"]["spot:DEADUSDT"] == "delisted"
+
+
+def test_relisting_after_delisting_by_status_and_pre_trading_return() -> None:
+    fake, tr = FakeRedis(), ListingTracker("NODE_A")
+    run(tr, fake, snap(("BTCUSDT", "trading"), ("XUSDT", "trading"), ("YUSDT", "trading")))
+    run(tr, fake, snap(("BTCUSDT", "trading"), ("XUSDT", "delisted"), ("YUSDT", "delisted")))
+    ups = run(tr, fake, snap(("BTCUSDT", "trading"), ("XUSDT", "trading"), ("YUSDT", "pre_trading")))
+    assert events(ups) == [("XUSDT", "listing", "delisted"), ("YUSDT", "pre_listing", "delisted")]
+    assert fields_to_dict(ups[0].event[3])["raw_text"] == "X/USDT trading again after a delisting (spot)"
+    # Y came back pre-trading: its opening is a listing again, not a status change
+    ups = run(tr, fake, snap(("BTCUSDT", "trading"), ("XUSDT", "trading"), ("YUSDT", "trading")))
+    assert events(ups) == [("YUSDT", "listing", "pre_trading")]
+
+
+# ---- delisting by absence: confirmation counting ----
+
+def test_count_misses_confirmation_and_reset() -> None:
+    known = {f"S{i}": "trading" for i in range(50)}
+    present = {n: 1 for n in known if n not in ("S1", "S2")}
+    misses: dict[str, int] = {}
+    kw = dict(confirm_polls=3, max_fraction=0.1)
+    assert count_misses(known, present, misses, **kw).confirmed == [] and misses == {"S1": 1, "S2": 1}
+    assert count_misses(known, present, misses, **kw).confirmed == [] and misses == {"S1": 2, "S2": 2}
+    # S2 reappears: its count is reset; S1 reaches 3 and is confirmed (its count dropped)
+    mc = count_misses(known, {**present, "S2": 1}, misses, **kw)
+    assert (mc.confirmed, mc.truncated, mc.missing, mc.active) == (["S1"], False, 1, 50)
+    assert misses == {}
+    # delisted symbols are neither counted nor part of the base of the fraction
+    known2 = {**{f"D{i}": "delisted" for i in range(100)}, **known}
+    mc = count_misses(known2, present, {}, **kw)
+    assert (mc.missing, mc.active, mc.truncated) == (2, 50, False)
+
+
+def test_truncation_guard_with_realistic_sizes() -> None:
+    known = {f"S{i:04d}USDT": "trading" for i in range(1000)}
+    kw = dict(confirm_polls=1, max_fraction=0.1)
+
+    def present_without(n: int) -> dict:
+        return {s: 1 for s in list(known)[n:]}
+
+    misses: dict[str, int] = {}
+    mc = count_misses(known, present_without(150), misses, **kw)  # 15 % missing: a truncated page
+    assert mc.truncated and mc.confirmed == [] and misses == {} and mc.missing == 150
+    mc = count_misses(known, present_without(101), {}, **kw)  # just over 10 %
+    assert mc.truncated and mc.confirmed == []
+    mc = count_misses(known, present_without(100), {}, **kw)  # exactly 10 %: believed
+    assert not mc.truncated and len(mc.confirmed) == 100
+    # a small market can still lose one symbol (1 of 5 is 20 %), but not two
+    small = {f"T{i}": "trading" for i in range(5)}
+    assert count_misses(small, {n: 1 for n in list(small)[1:]}, {}, **kw).confirmed == ["T0"]
+    assert count_misses(small, {n: 1 for n in list(small)[2:]}, {}, **kw).truncated
+    # counts already running are frozen (neither advanced nor reset) by a truncated list
+    misses = {"S0000USDT": 2}
+    count_misses(known, present_without(150), misses, confirm_polls=3, max_fraction=0.1)
+    assert misses == {"S0000USDT": 2}
+
+
+def test_tracker_delists_by_absence_after_n_polls_with_stored_names() -> None:
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams("1", "1.5", 3, 0.1)})
+    base = [(f"B{i}USDT", "trading") for i in range(30)]
+    run(tr, fake, snap(*base, ("GONEUSDT", "trading"), ("PREUSDT", "pre_trading")))
+    for _ in range(2):  # two misses: nothing yet
+        assert run(tr, fake, snap(*base)) == []
+    assert fake.fields["binance"]["spot:GONEUSDT"] == "trading"
+    ups = run(tr, fake, snap(*base))  # the third consecutive miss confirms both
+    assert events(ups) == [("GONEUSDT", "delisting", "trading"), ("PREUSDT", "delisting", "pre_trading")]
+    ev = fields_to_dict(ups[0].event[3])
+    assert (ev["symbol"], ev["pair"], ev["base"], ev["quote"], ev["url"]) == \
+        ("GONE", "GONE-USDT", "GONE", "USDT", "https://x/GONE_USDT")
+    assert (ev["status"], ev["raw_status"], ev["tier"], ev["score_weight"]) == ("delisted", "", "1", "1.5")
+    assert ev["raw_text"] == "GONE/USDT delisted: missing from 3 consecutive instrument lists (spot)"
+    assert fake.fields["binance"]["spot:GONEUSDT"] == "delisted"
+    assert "spot:PREUSDT" not in fake.untraded["binance"]
+    assert ups[1].untraded_remove == ["spot:PREUSDT"]
+    for _ in range(4):  # already delisted: never announced again
+        assert events(run(tr, fake, snap(*base))) == []
+    # it comes back trading: a relisting
+    assert events(run(tr, fake, snap(*base, ("GONEUSDT", "trading")))) == [("GONEUSDT", "listing", "delisted")]
+
+
+def test_reappearing_resets_the_count() -> None:
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=3)})
+    base = [(f"B{i}USDT", "trading") for i in range(30)]
+    run(tr, fake, snap(*base, ("FLAKYUSDT", "trading")))
+    for _ in range(4):  # missing twice, back once, ... never three in a row
+        assert run(tr, fake, snap(*base)) == []
+        assert run(tr, fake, snap(*base)) == []
+        assert run(tr, fake, snap(*base, ("FLAKYUSDT", "trading"))) == []
+    assert fake.fields["binance"]["spot:FLAKYUSDT"] == "trading"
+
+
+def test_partial_updates_never_count_misses_but_reset_them() -> None:
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=2)})
+    others = [(f"B{i}USDT", "trading") for i in range(30)]
+    run(tr, fake, snap(*others, ("CUSDT", "trading")))
+    # push updates carrying every symbol but C (so a miss would pass the truncation guard), and
+    # small ones carrying a single symbol: neither says anything about the symbols not in it
+    for _ in range(5):
+        assert run(tr, fake, snap(*others, full=False)) == []
+        assert run(tr, fake, snap(others[0], full=False)) == []
+    assert set(fake.fields["binance"].values()) == {"trading"}
+    # one full miss, then C shows up in a push update: the count restarts
+    assert run(tr, fake, snap(*others)) == []
+    assert run(tr, fake, snap(("CUSDT", "trading"), full=False)) == []
+    assert run(tr, fake, snap(*others)) == []
+    assert events(run(tr, fake, snap(*others))) == [("CUSDT", "delisting", "trading")]
+    # an explicit delisted status in a push update is a delisting at once
+    assert events(run(tr, fake, snap(("B1USDT", "delisted"), full=False))) == [("B1USDT", "delisting", "trading")]
+
+
+def test_truncated_and_empty_snapshots_never_delist(caplog) -> None:
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=3)})
+    base = [(f"B{i:03d}USDT", "trading") for i in range(200)]
+    run(tr, fake, snap(*base))
+    caplog.set_level("INFO", logger="collector.listings")
+    for k in range(6):  # an outage: empty lists and lists truncated to half, with one new symbol each
+        assert run(tr, fake, snap()) == []
+        ups = run(tr, fake, snap(*base[:100], (f"NEW{k}USDT", "trading")))
+        assert events(ups) == [(f"NEW{k}USDT", "listing", "")]  # what a truncated list carries still counts
+    assert tr.truncated_snapshots == 6 and tr.ignored_empty == 6
+    assert set(fake.fields["binance"].values()) == {"trading"}
+    # logged once per run of bad lists, not once per poll
+    assert sum("treated as truncated" in r.getMessage() for r in caplog.records) == 1
+    assert sum("empty instruments snapshot ignored" in r.getMessage() for r in caplog.records) == 1
+    # the truncated lists advanced no count: one believable miss of B199 is just its first
+    everyone = base + [(f"NEW{k}USDT", "trading") for k in range(6)]
+    assert run(tr, fake, snap(*everyone[:199], *everyone[200:])) == []
+    assert sum("complete instruments list again" in r.getMessage() for r in caplog.records) == 1
+    assert run(tr, fake, snap(*everyone[:199], *everyone[200:])) == []
+    assert events(run(tr, fake, snap(*everyone[:199], *everyone[200:]))) == [("B199USDT", "delisting", "trading")]
+
+
+def test_restart_restarts_miss_counts_from_zero() -> None:
+    """Miss counts are memory-only: a restart can delay a delisting, never invent or lose one."""
+    fake = FakeRedis()
+    params = {"binance": ListingParams(delist_confirm_polls=3)}
+    base = [(f"B{i}USDT", "trading") for i in range(30)]
+    run(ListingTracker("NODE_A", params=params), fake, snap(*base, ("GONEUSDT", "trading")))
+    a = ListingTracker("NODE_A", params=params)
+    run(a, fake, snap(*base))
+    run(a, fake, snap(*base))
+    b = ListingTracker("NODE_A", params=params)  # restarted with two misses counted
+    assert run(b, fake, snap(*base)) == [] and run(b, fake, snap(*base)) == []
+    assert events(run(b, fake, snap(*base))) == [("GONEUSDT", "delisting", "trading")]
+
+
+def test_state_from_before_names_were_kept_is_backfilled() -> None:
+    fake = FakeRedis()
+    fake.fields["binance"] = {"spot:AUSDT": "trading", "spot:BUSDT": "trading", "spot:OLDUSDT": "trading"}
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=1)})
+    ups = run(tr, fake, snap(("AUSDT", "trading"), ("BUSDT", "trading"), ("OLDUSDT", "trading")))
+    assert events(ups) == [] and len(ups) == 1 and ups[0].set_status == {}
+    assert set(ups[0].set_info) == {"spot:AUSDT", "spot:BUSDT", "spot:OLDUSDT"}
+    assert run(tr, fake, snap(("AUSDT", "trading"), ("BUSDT", "trading"), ("OLDUSDT", "trading"))) == []
+    # a symbol never seen by this version disappears: named as well as can be, not dropped
+    fake.fields["binance"]["spot:ZZZUSDT"] = "halted"
+    tr2 = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=1)})
+    ups = run(tr2, fake, snap(("AUSDT", "trading"), ("BUSDT", "trading"), ("OLDUSDT", "trading")))
+    ev = fields_to_dict(ups[0].event[3])
+    assert (ev["native_symbol"], ev["event"], ev["symbol"], ev["pair"]) == ("ZZZUSDT", "delisting", "ZZZUSDT", "ZZZUSDT")
+
+
+def test_info_encoding_round_trip_and_damage() -> None:
+    i = info("ABCUSDT")
+    assert decode_info("ABCUSDT", "spot", encode_info(i)) == {
+        "symbol": "ABC-USDT", "base": "ABC", "quote": "USDT", "market": "spot", "status": "delisted",
+        "raw_status": "", "url": "https://x/ABC_USDT"}
+    for bad in (None, "", "{not json", '["only", "three", "items"]', '[1, 2, 3, 4]'):
+        assert decode_info("ABCUSDT", "perp", bad)["base"] == "ABCUSDT"
+
+
+# ---- tier and score weight ----
+
+def test_exchange_table_matches_node_a() -> None:
+    assert set(EXCHANGES) == set(EXCHANGE_NAMES)
+    assert len(LISTING_SOURCES) == 13 and "deribit" not in LISTING_SOURCES
+    table = {n: (f.tier, f.score_weight) for n, f in EXCHANGES.items()}
+    assert table == {
+        "binance": (1, 1.5), "coinbase": (1, 1.4), "kraken": (1, 1.15), "okx": (2, 1.4), "bybit": (2, 1.2),
+        "kucoin": (2, 1.05), "gate": (3, 1.1), "bitget": (3, 1.0), "htx": (3, 0.85), "mexc": (3, 0.9),
+        "bingx": (3, 1.0), "phemex": (3, 1.0), "whitebit": (3, 1.0), "deribit": (None, None)}
+    assert EXCHANGES["gate"].display_name == "Gate.io" and EXCHANGES["whitebit"].display_name == "WhiteBIT"
+
+
+def test_tier_and_weight_defaults_and_settings() -> None:
+    assert default_params("kraken") == ListingParams("1", "1.15", 3, 0.1)
+    assert default_params("htx") == ListingParams("3", "0.85", 3, 0.1)
+    assert default_params("deribit").tier == "" and default_params("nosuch").score_weight == ""
+    settings = load_settings(exchanges={"kraken": {"tier": 2, "score_weight": 0.75, "delist_confirm_polls": 5,
+                                                   "delist_max_fraction": 0.25}})
+    p = listing_params(settings)
+    assert p["kraken"] == ListingParams("2", "0.75", 5, 0.25)
+    assert p["bitget"] == ListingParams("3", "1.0", 3, 0.1)  # not configured: Node A's
+    assert set(p) == set(EXCHANGE_NAMES)
+    for bad in ({"tier": 0}, {"score_weight": 0}, {"delist_confirm_polls": 0}, {"delist_max_fraction": 0},
+                {"delist_max_fraction": 1.5}):
+        with pytest.raises(ConfigError):
+            load_settings(exchanges={"kraken": bad})
+    # the tracker puts them on its events: configured for kraken, defaults for an unconfigured exchange
+    fake, tr = FakeRedis(), ListingTracker("NODE_A", params=p)
+    for ex, want in (("kraken", ("2", "0.75")), ("mexc", ("3", "0.9")), ("elsewhere", ("", ""))):
+        run(tr, fake, snap(("BTCUSDT", "trading"), exchange=ex))
+        ups = run(tr, fake, snap(("BTCUSDT", "trading"), ("NEWUSDT", "trading"), exchange=ex))
+        ev = fields_to_dict(ups[0].event[3])
+        assert (ev["tier"], ev["score_weight"]) == want, ex
+
+
+def test_listing_event_tier_fields_default_from_the_table() -> None:
+    i = info("NEWUSDT")
+    d = fields_to_dict(listing_event(exchange="bybit", native_symbol="NEWUSDT", info=i, event="listing",
+                                     source="rest_bybit", detected_at=1, node_id="N")[3])
+    assert (d["tier"], d["score_weight"]) == ("2", "1.2")
+    d = fields_to_dict(listing_event(exchange="bybit", native_symbol="NEWUSDT", info=i, event="listing",
+                                     source="rest_bybit", detected_at=1, node_id="N", tier=1, score_weight=2.0)[3])
+    assert (d["tier"], d["score_weight"]) == ("1", "2.0")
+    d = fields_to_dict(listing_event(exchange="deribit", native_symbol="NEWUSDT", info=i, event="listing",
+                                     source="rest_deribit", detected_at=1, node_id="N")[3])
+    assert (d["tier"], d["score_weight"]) == ("", "")
