@@ -66,6 +66,25 @@ class SupervisorCollector(Collector):
         yield from _worker_families(children)
         yield from _child_families(children)
         yield from _publisher_families(snap.get("publisher") or {}, children)
+        yield from _listing_families(children)
+
+
+def _listing_families(children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
+    events = CounterMetricFamily("collector_listing_events", "Listing lifecycle events written to events:raw",
+                                 labels=["event"])
+    ignored = CounterMetricFamily("collector_listing_snapshots_ignored",
+                                  "Instrument snapshots not trusted for delistings (an outage, not a delisting wave)",
+                                  labels=["reason"])
+    for child in children.values():
+        if child.get("kind") != "publisher":
+            continue
+        totals = child.get("totals") or {}
+        for event, n in sorted((totals.get("listings_by_event") or {}).items()):
+            events.add_metric([str(event)], _num(n))
+        ignored.add_metric(["truncated"], _num(totals.get("listing_snapshots_truncated")))
+        ignored.add_metric(["empty"], _num(totals.get("listing_snapshots_empty")))
+    yield events
+    yield ignored
 
 
 def _num(v: Any) -> float:

@@ -46,6 +46,7 @@ from shared import __version__, ipc
 from shared.backoff import Backoff
 from shared.child import StatusLink, run_child
 from shared.dedup import Deduper
+from shared.logutil import LogLimiter
 from shared.events import EV_DELISTING, EV_LISTING, EV_PRE_LISTING, EV_STATUS_CHANGE, now_ms
 from shared.ratelimit import TokenBucket
 from shared.symbols import NAME_RE
@@ -143,23 +144,6 @@ class _Conn:
         self.writer = writer
 
 
-class _LogLimiter:
-    """At most one log line per key per interval (hostile input must not flood the log)."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-
-    def ok(self, key: str) -> bool:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.interval:
-            if len(self._last) > 1000:
-                self._last.clear()
-            self._last[key] = now
-            return True
-        return False
-
-
 # Buffer items are tuples (fast to build on the hot path):
 #   (packed_commands: bytes, n_replies: int, stats: StreamStats, rx_ns: int, exec_index)
 # exec_index None: a plain XADD; -1: a MULTI/EXEC with state only; >= 0: a MULTI/EXEC whose EXEC
@@ -213,7 +197,7 @@ class Publisher:
         self._listing_wake = asyncio.Event()
         self._hb_wake = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
-        self._logl = _LogLimiter()
+        self._logl = LogLimiter()
 
     # ------------------------------------------------------------------ stats
     def _stat(self, exchange: str, cls: str) -> StreamStats:

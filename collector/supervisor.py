@@ -97,7 +97,8 @@ PUBLISHER_HEAD_START_S = 5.0
 #: counters in beats that are cumulative over a process's life (carried across restarts)
 WORKER_COUNTERS = ("events_out", "drops", "parse_errors", "rejected", "ws_reconnects", "ws_stale",
                    "rest_calls", "rest_errors")
-PUBLISHER_COUNTERS = ("redis_errors", "frame_errors", "listings_emitted")
+PUBLISHER_COUNTERS = ("redis_errors", "frame_errors", "listings_emitted", "listing_snapshots_truncated",
+                      "listing_snapshots_empty")
 STREAM_COUNTERS = ("in", "pushed", "deduped", "dropped", "rate_limited")
 
 
@@ -199,6 +200,14 @@ def merge_counters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                     dst[key] = dst.get(key, 0) + counts[key]
     if streams:
         out["streams"] = streams
+    by_event: dict[str, float] = {}
+    for src in (a.get("listings_by_event"), b.get("listings_by_event")):
+        if isinstance(src, dict):
+            for event, n in src.items():
+                if _is_num(n):
+                    by_event[str(event)[:32]] = by_event.get(str(event)[:32], 0) + n
+    if by_event:
+        out["listings_by_event"] = by_event
     latency = _merge_latency(a.get("latency"), b.get("latency"))
     if latency is not None:
         out["latency"] = latency
@@ -827,6 +836,12 @@ class Supervisor:
         for k in ("redis_down_since", "redis_errors", "buffered", "buffer_limit", "last_push_at",
                   "listings_emitted", "frame_errors"):
             out[k] = _num_or_none(stats.get(k))
+        totals = pub.totals() if pub is not None else {}
+        out["listings_by_event"] = totals.get("listings_by_event") or {}
+        out["listing_snapshots_ignored"] = {
+            "truncated": totals.get("listing_snapshots_truncated", 0),
+            "empty": totals.get("listing_snapshots_empty", 0),
+        }
         return out
 
     def metrics_snapshot(self) -> dict[str, Any]:

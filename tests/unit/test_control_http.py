@@ -415,3 +415,20 @@ def test_health_unhealthy_reasons_come_first() -> None:
     verdict, reasons = check(st)
     assert verdict == "unhealthy"
     assert reasons[0].startswith("redis: down for 300s") and reasons[1].startswith("binance: stale")
+
+
+def test_listing_counters_carry_across_publisher_restarts_and_reach_metrics() -> None:
+    from collector.metrics import make_registry, render
+    from collector.supervisor import merge_counters
+
+    first = {"listings_by_event": {"listing": 2, "pre_listing": 1}, "listing_snapshots_truncated": 1}
+    second = {"listings_by_event": {"listing": 1, "delisting": 1}, "listing_snapshots_empty": 2}
+    totals = merge_counters(merge_counters({}, first), second)
+    assert totals["listings_by_event"] == {"listing": 3, "pre_listing": 1, "delisting": 1}
+    assert totals["listing_snapshots_truncated"] == 1 and totals["listing_snapshots_empty"] == 2
+
+    snap = {"children": {"publisher": {"kind": "publisher", "state": "RUNNING", "totals": totals}}, "publisher": {}}
+    body, _content_type = render(make_registry(lambda: snap))
+    text = body.decode()
+    assert 'collector_listing_events_total{event="listing"} 3.0' in text
+    assert 'collector_listing_snapshots_ignored_total{reason="empty"} 2.0' in text
