@@ -59,8 +59,10 @@ STATUS_MAP: dict[str, dict[str, dict[str, str]]] = {
     "kraken": {"spot": {PRE: "post_only", TRD: "online", HLT: "cancel_only", DEL: REMOVE}},
     "okx": {"spot": {PRE: "preopen", TRD: "live", HLT: "suspend", DEL: REMOVE},
             "perp": {PRE: "preopen", TRD: "live", HLT: "suspend", DEL: REMOVE}},
-    "bybit": {"spot": {PRE: "PreLaunch", TRD: "Trading", HLT: "Closed", DEL: REMOVE},
-              "perp": {PRE: "PreLaunch", TRD: "Trading", HLT: "Closed", DEL: REMOVE}},
+    # Bybit's statuses are PreLaunch, Trading, Delivering, Closed; Closed is delisted, so the
+    # nearest to "halted" is Delivering (trading stopped on the way out)
+    "bybit": {"spot": {PRE: "PreLaunch", TRD: "Trading", HLT: "Delivering", DEL: REMOVE},
+              "perp": {PRE: "PreLaunch", TRD: "Trading", HLT: "Delivering", DEL: REMOVE}},
     "kucoin": {"spot": {PRE: "false", TRD: "true", HLT: "false", DEL: REMOVE}},
     "gate": {"spot": {PRE: "untradable", TRD: "tradable", HLT: "untradable", DEL: REMOVE}},
     "bitget": {"spot": {PRE: "gray", TRD: "online", HLT: "halt", DEL: REMOVE}},

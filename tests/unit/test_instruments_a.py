@@ -144,7 +144,8 @@ REQUEST_CASES = [
            ("perp", "https://www.okx.com/api/v5/public/instruments?instType=SWAP", 1)]),
     (Bybit, [("spot", "https://api.bybit.com/v5/market/instruments-info?category=spot", 1),
              ("perp", "https://api.bybit.com/v5/market/instruments-info?category=linear&limit=1000", 1),
-             ("perp", "https://api.bybit.com/v5/market/instruments-info?category=linear&limit=1000&status=PreLaunch", 1)]),
+             ("perp", "https://api.bybit.com/v5/market/instruments-info?category=linear&limit=1000&status=PreLaunch", 1),
+             ("perp", "https://api.bybit.com/v5/market/instruments-info?category=linear&limit=1000&status=Delivering", 1)]),
     (Kucoin, [("spot", "https://api.kucoin.com/api/v2/symbols", 4)]),
 ]
 
@@ -504,7 +505,7 @@ def _linear(rows_: list, cursor: str | None) -> dict:
 
 def test_bybit_next_page_carries_the_cursor_and_keeps_the_query() -> None:
     adapter = Bybit()
-    _, linear, prelaunch = adapter.instruments_requests()
+    _, linear, prelaunch, _delivering = adapter.instruments_requests()
     rec = body("bybit_linear")
     token = rec["result"]["nextPageCursor"]  # "first%3DBTCUSDT%26last%3DBIOUSDT", opaque
     nxt = adapter.next_instruments_page(prelaunch, rec)
@@ -525,7 +526,7 @@ def test_bybit_next_page_carries_the_cursor_and_keeps_the_query() -> None:
 @pytest.mark.parametrize("page", [_linear([], ""), _linear([], None), {"retCode": 0, "result": {"list": []}}])
 def test_bybit_no_cursor_means_last_page(page: dict) -> None:
     adapter = Bybit()
-    _, linear, _ = adapter.instruments_requests()
+    _, linear, *_ = adapter.instruments_requests()
     assert adapter.next_instruments_page(linear, page) is None
 
 
@@ -572,6 +573,8 @@ def test_bybit_pages_and_prelaunch_merge_into_one_perp_snapshot(tmp_path) -> Non
         assert q["category"] == "linear" and q["limit"] == "1000"
         if q.get("status") == "PreLaunch":
             return ok(json.dumps(_linear([bio], "")))
+        if q.get("status") == "Delivering":  # halted contracts: none right now
+            return ok(json.dumps(_linear([], "")))
         if "cursor" not in q:
             return ok(json.dumps(_linear([btc], token)))
         assert q["cursor"] == token  # the token came back exactly
@@ -587,7 +590,7 @@ def test_bybit_pages_and_prelaunch_merge_into_one_perp_snapshot(tmp_path) -> Non
             await worker.rest.close()
             await server.stop()
         paths = [p for _, _, p in server.requests]
-        assert len(paths) == 3 and sum("cursor=" in p for p in paths) == 1
+        assert len(paths) == 4 and sum("cursor=" in p for p in paths) == 1
         [(market, full, source, instruments)] = worker.channel.frames
         assert (market, full, source) == ("perp", True, "rest_bybit")
         assert {k: v["status"] for k, v in instruments.items()} == {

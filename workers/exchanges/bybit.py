@@ -79,6 +79,9 @@ class Bybit(ExchangeAdapter):
             InstrumentsRequest("spot", f"{url}?category=spot", 1),
             InstrumentsRequest("perp", linear, 1),
             InstrumentsRequest("perp", f"{linear}&status=PreLaunch", 1),
+            # the default list holds Trading only: without this a halted (Delivering) contract
+            # would vanish and, after the confirmation polls, be reported as delisted
+            InstrumentsRequest("perp", f"{linear}&status=Delivering", 1),
         ]
 
     def next_instruments_page(self, request: InstrumentsRequest, body: Any) -> InstrumentsRequest | None:
