@@ -121,7 +121,7 @@ class ExchangeSettings(_Section):
     symbols: list[str] = Field(default_factory=list)
     #: instruments poll interval for listing detection, seconds
     poll_interval: float = Field(5.0, ge=0.05, le=3600)
-    #: +- fraction of poll_interval added at random to each wait
+    #: up to this fraction of poll_interval is taken off each wait at random (never added)
     poll_jitter: float = Field(0.1, ge=0, le=0.5)
     listings: bool = True
     trades: bool = True

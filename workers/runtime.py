@@ -156,7 +156,9 @@ class Worker:
                 except Exception:  # noqa: BLE001 - one bad poll must not end polling
                     log.exception("%s: instruments poll failed unexpectedly", self.exchange)
                     self.last_error = f"{self.exchange} instruments poll: internal error"
-            interval = self.cfg.poll_interval * (1.0 + random.uniform(-self.cfg.poll_jitter, self.cfg.poll_jitter))
+            # jitter only shortens the wait: polls spread out, yet no gap exceeds poll_interval, so
+            # a listing is seen within one interval (plus the request) at worst
+            interval = self.cfg.poll_interval * (1.0 - random.uniform(0.0, self.cfg.poll_jitter))
             await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
     async def poll_market(self, market: str, requests: list[InstrumentsRequest],
