@@ -84,3 +84,58 @@ def test_every_exchange_lifecycle_once_each(short_tmp: Path, redis_server) -> No
     finally:
         c.kill_tree()
         stop_simulator_process(sim_proc)
+
+
+def test_restart_outage_and_429_storm_affect_nothing_else(short_tmp: Path, redis_server) -> None:
+    sim_proc, _first, ports = start_simulator_process(exchanges="all")
+    env = {"COLLECTOR_EXCHANGES__BINANCE__TRADES": "false", "COLLECTOR_SUPERVISOR__READY_TIMEOUT": "60"}
+    for name in LISTING_SOURCES:
+        up = name.upper()
+        env[f"COLLECTOR_EXCHANGES__{up}__ENABLED"] = "true"
+        env[f"COLLECTOR_EXCHANGES__{up}__REST_URL"] = ports[name]
+        env[f"COLLECTOR_EXCHANGES__{up}__POLL_INTERVAL"] = "0.5"
+        env[f"COLLECTOR_EXCHANGES__{up}__DELIST_CONFIRM_POLLS"] = "2"
+        env[f"COLLECTOR_EXCHANGES__{up}__BREAKER_THRESHOLD"] = "3"
+        env[f"COLLECTOR_EXCHANGES__{up}__BREAKER_RECOVERY"] = "300"
+    r = redis_server.client()
+    sims = {name: SimulatorClient(url) for name, url in ports.items()}
+    others = [n for n in LISTING_SOURCES if n != "okx"]
+
+    def events(name: str) -> list[str]:
+        return [f["event"] for f in stream_entries(r, "events:raw") if f["exchange"] == name]
+
+    c = CollectorProcess(short_tmp / "run", redis_server.url, None, **env)
+    try:
+        c.start(timeout=90)
+        wait_until(lambda: all(r.exists(f"known:pairs:{n}") for n in LISTING_SOURCES), timeout=60, what="seeded")
+        # 1. a pre-listing, then a restart in the middle of the sequence
+        natives = {n: sims[n].add_listing("RSQ", "USDT", status="pre_trading", market=MARKET[n])["symbol"]
+                   for n in LISTING_SOURCES}
+        wait_until(lambda: all(events(n) == ["pre_listing"] for n in LISTING_SOURCES), timeout=20, what="pre_listing")
+        assert c.stop() == 0
+        for n in LISTING_SOURCES:  # opened while the collector is down
+            sims[n].set_listing_status(natives[n], "trading", market=MARKET[n])
+        c = CollectorProcess(short_tmp / "run", redis_server.url, None, **env)
+        c.start(timeout=90)
+        wait_until(lambda: all(events(n) == ["pre_listing", "listing"] for n in LISTING_SOURCES), timeout=20,
+                   what="listing after the restart, once, and nothing repeated")
+
+        # 2. an empty list on one exchange is an outage, not a wave of delistings
+        sims["kraken"].rest_fault("empty", duration_s=4)
+        # 3. a 429 storm on OKX: its breaker opens, the other twelve keep detecting
+        sims["okx"].rest_fault("429", duration_s=60, retry_after=1)
+        wait_until(lambda: c.child("okx").get("circuit") == "OPEN", timeout=30, what="okx breaker OPEN")
+        for n in others:
+            sims[n].add_listing("STM", "USDT", status="trading", market=MARKET[n])
+        wait_until(lambda: all(events(n)[-1:] == ["listing"] and len(events(n)) == 3 for n in others), timeout=20,
+                   what="the other twelve still detect listings")
+        time.sleep(4.5)  # past the empty-list window, with polls of every exchange in between
+        assert events("kraken") == ["pre_listing", "listing", "listing"]  # no delisting from the empty lists
+        assert events("okx") == ["pre_listing", "listing"]
+        health = c.http_json("/health")
+        assert any("okx" in reason for reason in health["reasons"]), health
+        assert c.child("kraken")["circuit"] == "CLOSED"
+        assert c.stop() == 0
+    finally:
+        c.kill_tree()
+        stop_simulator_process(sim_proc)
