@@ -13,8 +13,9 @@ The transport still guards every call, so a parser bug costs one frame, not the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from shared.events import InstrumentInfo, WireEvent
 
@@ -66,6 +67,30 @@ class InstrumentList(list):
     def __init__(self, items: Sequence[InstrumentInfo] = (), rejected: int = 0) -> None:
         super().__init__(items)
         self.rejected = rejected
+
+
+#: a raw status string safe to keep: an unexpected but harmless one maps to the exchange's
+#: "unknown" status; only unsafe text drops the row
+SAFE_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def collect_instruments(rows: Iterable[Any], make: Callable[[Any], InstrumentInfo | None]) -> InstrumentList:
+    """``make(row)`` for every row; rows it refuses (None) are counted in ``.rejected``."""
+    out: list[InstrumentInfo] = []
+    rejected = 0
+    for row in rows:
+        info = make(row)
+        if info is None:
+            rejected += 1
+        else:
+            out.append(info)
+    return InstrumentList(out, rejected)
+
+
+def short_repr(value: Any) -> str:
+    """A bounded printable form of an envelope field for error messages."""
+    text = value if isinstance(value, str) else repr(value)
+    return text[:80]
 
 
 class InstrumentsFormatError(ValueError):

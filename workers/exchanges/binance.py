@@ -28,12 +28,8 @@ from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
 from .base import (
-    ExchangeAdapter,
-    InstrumentList,
-    InstrumentsFormatError,
-    InstrumentsRequest,
-    KeepAlive,
-    ParseResult,
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, KeepAlive,
+    ParseResult, collect_instruments,
 )
 
 
@@ -192,15 +188,7 @@ class BinanceSpot(ExchangeAdapter):
             return self.parse_futures_instruments(market, body)
         if not isinstance(body, dict) or not isinstance(body.get("symbols"), list):
             raise InstrumentsFormatError("exchangeInfo body has no 'symbols' list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in body["symbols"]:
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(body["symbols"], lambda row: self._instrument(market, row))
 
     def parse_futures_instruments(self, market: str, body: Any) -> InstrumentList:
         """USDⓈ-M ``/fapi/v1/exchangeInfo`` -> the contracts of ``market`` (``perp``: perpetuals,

@@ -17,7 +17,10 @@ from typing import Any
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    collect_instruments, short_repr,
+)
 
 STATUS_MAP = {
     0: DELISTED,      # offline
@@ -54,20 +57,12 @@ class BingxSpot(ExchangeAdapter):
             raise InstrumentsFormatError("symbols body is not an object")
         code = body.get("code")
         if type(code) is not int or code != 0:
-            raise InstrumentsFormatError(f"bingx error envelope (code {_short(code)}: {_short(body.get('msg'))})")
+            raise InstrumentsFormatError(f"bingx error envelope (code {short_repr(code)}: {short_repr(body.get('msg'))})")
         data = body.get("data")
         rows = data.get("symbols") if isinstance(data, dict) else None
         if not isinstance(rows, list):
             raise InstrumentsFormatError("symbols body has no 'data.symbols' list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in rows:
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(rows, lambda row: self._instrument(market, row))
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -91,8 +86,3 @@ class BingxSpot(ExchangeAdapter):
             url=TRADE_PAGE.format(base=base, quote=quote),
         )
 
-
-def _short(value: Any) -> str:
-    """A bounded printable form of an envelope field for error messages."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]

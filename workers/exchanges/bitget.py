@@ -13,13 +13,15 @@ Operational rules (fixtures/rest/SOURCES.md §8a, research/exchange-quirks.md A.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    SAFE_RAW_STATUS_RE, collect_instruments, short_repr,
+)
 
 STATUS_MAP = {
     "online": TRADING,
@@ -30,8 +32,6 @@ STATUS_MAP = {
 #: a status Bitget adds later is not "trading" until we know what it means
 UNKNOWN_STATUS = HALTED
 
-#: an unexpected but harmless status maps to UNKNOWN_STATUS; only unsafe text drops the row
-_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 TRADE_PAGE = "https://www.bitget.com/spot/{base}{quote}"
 
@@ -58,19 +58,11 @@ class BitgetSpot(ExchangeAdapter):
             raise InstrumentsFormatError("symbols body is not an object")
         code = body.get("code")
         if code != "00000":
-            raise InstrumentsFormatError(f"bitget error envelope (code {_short(code)}: {_short(body.get('msg'))})")
+            raise InstrumentsFormatError(f"bitget error envelope (code {short_repr(code)}: {short_repr(body.get('msg'))})")
         rows = body.get("data")
         if not isinstance(rows, list):
             raise InstrumentsFormatError("symbols body has no 'data' list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in rows:
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(rows, lambda row: self._instrument(market, row))
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -78,7 +70,7 @@ class BitgetSpot(ExchangeAdapter):
         native, raw_status = row.get("symbol"), row.get("status")
         if not is_safe_native_symbol(native) or not isinstance(raw_status, str):
             return None
-        if not _RAW_STATUS_RE.fullmatch(raw_status):
+        if not SAFE_RAW_STATUS_RE.fullmatch(raw_status):
             return None
         pair = canonical(row.get("baseCoin"), row.get("quoteCoin"))
         if pair is None:
@@ -92,8 +84,3 @@ class BitgetSpot(ExchangeAdapter):
             url=TRADE_PAGE.format(base=base, quote=quote),
         )
 
-
-def _short(value: Any) -> str:
-    """A bounded printable form of an envelope field for error messages."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]

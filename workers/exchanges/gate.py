@@ -11,16 +11,16 @@ Operational rules (fixtures/rest/SOURCES.md §7, research/exchange-quirks.md A.9
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    SAFE_RAW_STATUS_RE, collect_instruments,
+)
 
-#: an unexpected but harmless status maps to UNKNOWN_STATUS; only unsafe text drops the row
-_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 TRADE_PAGE = "https://www.gate.com/trade/{base}_{quote}"
 
@@ -74,15 +74,7 @@ class GateSpot(ExchangeAdapter):
     def parse_instruments(self, market: str, body: Any) -> InstrumentList:
         if not isinstance(body, list):
             raise InstrumentsFormatError(f"currency_pairs body is not a list{_error_hint(body)}")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in body:
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(body, lambda row: self._instrument(market, row))
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -90,7 +82,7 @@ class GateSpot(ExchangeAdapter):
         native, raw_status = row.get("id"), row.get("trade_status")
         if not is_safe_native_symbol(native) or not isinstance(raw_status, str):
             return None
-        if not _RAW_STATUS_RE.fullmatch(raw_status):
+        if not SAFE_RAW_STATUS_RE.fullmatch(raw_status):
             return None
         pair = canonical(row.get("base"), row.get("quote"))
         if pair is None:

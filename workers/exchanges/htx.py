@@ -19,13 +19,15 @@ Operational rules (fixtures/rest/SOURCES.md §9, research/exchange-quirks.md A.1
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    SAFE_RAW_STATUS_RE, collect_instruments, short_repr,
+)
 
 STATUS_MAP = {
     "online": TRADING,
@@ -40,8 +42,6 @@ STATUS_MAP = {
 #: a state HTX adds later is not "trading" until we know what it means
 UNKNOWN_STATUS = HALTED
 
-#: an unexpected but harmless status maps to UNKNOWN_STATUS; only unsafe text drops the row
-_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 TRADE_PAGE = "https://www.htx.com/trade/{base}_{quote}"
 
@@ -68,22 +68,14 @@ class HtxSpot(ExchangeAdapter):
             raise InstrumentsFormatError("symbols body is not an object")
         if body.get("status") != "ok":
             raise InstrumentsFormatError(
-                f"htx error envelope (status {_short(body.get('status'))}, "
-                f"err-code {_short(body.get('err-code'))}: {_short(body.get('err-msg'))})")
+                f"htx error envelope (status {short_repr(body.get('status'))}, "
+                f"err-code {short_repr(body.get('err-code'))}: {short_repr(body.get('err-msg'))})")
         if "full" in body and body["full"] != 1:
             raise InstrumentsFormatError("htx symbols body is an incremental update (full != 1)")
         rows = body.get("data")
         if not isinstance(rows, list):
             raise InstrumentsFormatError("symbols body has no 'data' list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in rows:
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(rows, lambda row: self._instrument(market, row))
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -95,7 +87,7 @@ class HtxSpot(ExchangeAdapter):
         raw_status = row.get("state")
         if not is_safe_native_symbol(native) or not isinstance(raw_status, str):
             return None
-        if not _RAW_STATUS_RE.fullmatch(raw_status):
+        if not SAFE_RAW_STATUS_RE.fullmatch(raw_status):
             return None
         pair = canonical(base_code, quote_code)
         if pair is None:
@@ -109,8 +101,3 @@ class HtxSpot(ExchangeAdapter):
             url=TRADE_PAGE.format(base=base.lower(), quote=quote.lower()),
         )
 
-
-def _short(value: Any) -> str:
-    """A bounded printable form of an envelope field for error messages."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]

@@ -14,13 +14,15 @@ Operational rules (fixtures/rest/SOURCES.md §10, research/exchange-quirks.md A.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared.events import DELISTED, HALTED, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    SAFE_RAW_STATUS_RE, collect_instruments, short_repr,
+)
 
 STATUS_MAP = {
     "1": TRADING,
@@ -31,8 +33,6 @@ STATUS_MAP = {
 #: a status MEXC adds later is not "trading" until we know what it means
 UNKNOWN_STATUS = HALTED
 
-#: an unexpected but harmless status maps to UNKNOWN_STATUS; only unsafe text drops the row
-_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 TRADE_PAGE = "https://www.mexc.com/exchange/{base}_{quote}"
 
@@ -62,17 +62,9 @@ class MexcSpot(ExchangeAdapter):
         if not isinstance(body, dict) or not isinstance(body.get("symbols"), list):
             hint = ""
             if isinstance(body, dict) and "code" in body:
-                hint = f" (mexc error {_short(body.get('code'))}: {_short(body.get('msg'))})"
+                hint = f" (mexc error {short_repr(body.get('code'))}: {short_repr(body.get('msg'))})"
             raise InstrumentsFormatError("exchangeInfo body has no 'symbols' list" + hint)
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in body["symbols"]:
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(body["symbols"], lambda row: self._instrument(market, row))
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -82,7 +74,7 @@ class MexcSpot(ExchangeAdapter):
             raw_status = str(raw_status)  # documented as a string; tolerate the number
         if not is_safe_native_symbol(native) or not isinstance(raw_status, str):
             return None
-        if not _RAW_STATUS_RE.fullmatch(raw_status):
+        if not SAFE_RAW_STATUS_RE.fullmatch(raw_status):
             return None
         pair = canonical(row.get("baseAsset"), row.get("quoteAsset"))
         if pair is None:
@@ -96,8 +88,3 @@ class MexcSpot(ExchangeAdapter):
             url=TRADE_PAGE.format(base=base, quote=quote),
         )
 
-
-def _short(value: Any) -> str:
-    """A bounded printable form of an envelope field for error messages."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]

@@ -21,13 +21,15 @@ Operational rules (fixtures/rest/SOURCES.md §12, research/exchange-quirks.md A.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared.events import DELISTED, HALTED, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    SAFE_RAW_STATUS_RE, short_repr,
+)
 
 STATUS_MAP = {
     "Listed": TRADING,
@@ -36,8 +38,6 @@ STATUS_MAP = {
 #: any other value (pre-listing values are undocumented) is not trading
 UNKNOWN_STATUS = HALTED
 
-#: an unexpected but harmless status maps to UNKNOWN_STATUS; only unsafe text drops the row
-_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 #: the ``data`` list and the product ``type`` values each market is read from
 MARKET_SOURCES: dict[str, tuple[tuple[str, frozenset[str]], ...]] = {
@@ -77,7 +77,7 @@ class PhemexAdapter(ExchangeAdapter):
             raise InstrumentsFormatError("products body is not an object")
         code = body.get("code")
         if type(code) is not int or code != 0:
-            raise InstrumentsFormatError(f"phemex error envelope (code {_short(code)}: {_short(body.get('msg'))})")
+            raise InstrumentsFormatError(f"phemex error envelope (code {short_repr(code)}: {short_repr(body.get('msg'))})")
         data = body.get("data")
         if not isinstance(data, dict):
             raise InstrumentsFormatError("products body has no 'data' object")
@@ -104,7 +104,7 @@ class PhemexAdapter(ExchangeAdapter):
         native, raw_status = row.get("symbol"), row.get("status")
         if not is_safe_native_symbol(native) or not isinstance(raw_status, str):
             return None
-        if not _RAW_STATUS_RE.fullmatch(raw_status):
+        if not SAFE_RAW_STATUS_RE.fullmatch(raw_status):
             return None
         quote_code = row.get("quoteCurrency")
         if market == "spot":
@@ -142,8 +142,3 @@ def _perp_base(row: dict) -> Any:
         return underlying
     return row.get("settleCurrency")
 
-
-def _short(value: Any) -> str:
-    """A bounded printable form of an envelope field for error messages."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]
