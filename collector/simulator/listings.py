@@ -20,6 +20,7 @@ the venue changes, so ~3000 symbols per exchange cost one ``join`` per change, n
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import time
 from collections import Counter
@@ -250,7 +251,7 @@ def _split_pair(symbol: str) -> tuple[str, str] | None:
 Handler = Callable[[Mapping[str, str], Mode], tuple[int, bytes]]
 
 
-class Venue:
+class Venue(ABC):
     """One simulated exchange's instrument lists: rows, scripting, faults, counters and rendering."""
 
     name = ""
@@ -263,22 +264,27 @@ class Venue:
         self.reset()
 
     # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
     def routes(self) -> dict[str, Handler]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def seed(self) -> Iterable[tuple[str, str, str, str, dict[str, Any], dict[str, dict[str, Any]]]]:
         """(market, native, base, quote, obj, alt objs) of every recorded row, in body order."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def native(self, market: str, base: str, quote: str) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def build(self, row: Row, kind: str, raw: str) -> None:
         """Set ``row.obj`` (and ``row.alt``) for normalized ``kind`` with wire status ``raw``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def raw_of(self, market: str, obj: dict[str, Any]) -> str:
-        raise NotImplementedError
+        ...
 
     def served(self, row: Row) -> bool:
         """Whether the default request of the row's market lists it."""
