@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 import json
-import time
 from collections import Counter
-from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import unquote
@@ -32,11 +30,9 @@ from urllib.parse import unquote
 import orjson
 
 from collector.simulator.state import (
-    MAX_FAULTS,
+    FaultBook,
     MAX_FILLER,
-    RestFault,
     SimError,
-    check_fraction,
     keep_rows,
     now_ms,
 )
@@ -76,7 +72,6 @@ STATUS_MAP: dict[str, dict[str, dict[str, str]]] = {
                  "perp": {PRE: "false", TRD: "true", HLT: "false", DEL: REMOVE}},
 }
 
-VENUE_FAULT_KINDS = ("429", "418", "403", "5xx", "timeout", "garbage", "empty", "truncate")
 MAX_BODY_CACHE = 256          # rendered lists kept per venue (query variants, Bybit pages)
 MAX_LISTINGS = 50_000         # rows per venue, all markets
 HOUR_MS = 3_600_000
@@ -161,75 +156,6 @@ class Row:
         return {"market": self.market, "symbol": self.native, "base": self.base, "quote": self.quote,
                 "status": self.status, "raw_status": self.raw, "served_by_default": served,
                 "created_ms": self.created_ms, "updated_ms": self.updated_ms}
-
-
-class FaultBook:
-    """Scripted REST faults of one venue (same semantics as SimState's: N requests or S seconds)."""
-
-    def __init__(self) -> None:
-        self.faults: list[RestFault] = []
-        self.next_id = 1
-
-    def add(self, kind: str, path: str = "*", count: int | None = None, duration_s: float | None = None,
-            retry_after: int = 60, status: int = 503, hang_s: float = 30.0, body: str | None = None,
-            fraction: float | None = None) -> dict[str, Any]:
-        if kind not in VENUE_FAULT_KINDS:
-            raise SimError(400, f"kind must be one of {VENUE_FAULT_KINDS}")
-        if not isinstance(path, str) or not (path == "*" or path.startswith("/")) or len(path) > 200:
-            raise SimError(400, "path must be '*' or an absolute request path")
-        if count is not None and (not isinstance(count, int) or count < 1):
-            raise SimError(400, "count must be a positive integer")
-        if duration_s is not None and (not isinstance(duration_s, (int, float)) or not 0 < duration_s <= 86400):
-            raise SimError(400, "duration_s must be in (0, 86400]")
-        if count is None and duration_s is None:
-            count = 1
-        if kind == "5xx" and not (isinstance(status, int) and 500 <= status <= 599):
-            raise SimError(400, "status must be 500..599 for kind 5xx")
-        if not isinstance(retry_after, int) or retry_after < 0:
-            raise SimError(400, "retry_after must be a non-negative integer (seconds)")
-        if not isinstance(hang_s, (int, float)) or not 0 <= hang_s <= 600:
-            raise SimError(400, "hang_s must be in [0, 600]")
-        if body is not None and (not isinstance(body, str) or len(body) > 1_000_000):
-            raise SimError(400, "body must be a string of at most 1 MB")
-        fraction = check_fraction(kind, fraction)
-        now = time.monotonic()
-        self.prune(now)
-        if len(self.faults) >= MAX_FAULTS:
-            raise SimError(409, f"at most {MAX_FAULTS} active faults")
-        fault = RestFault(id=self.next_id, kind=kind, path=path, remaining=count,
-                          until=None if duration_s is None else now + float(duration_s),
-                          retry_after=retry_after, status=status, hang_s=float(hang_s), body=body,
-                          created_ms=now_ms(), fraction=fraction)
-        self.next_id += 1
-        self.faults.append(fault)
-        return {"ok": True, "fault": fault.public(now), "visible_at_ms": now_ms()}
-
-    def prune(self, now: float) -> None:
-        if self.faults:
-            self.faults = [f for f in self.faults if not f.expired(now)]
-
-    def take(self, path: str) -> RestFault | None:
-        """The fault hitting this request (one use consumed), or None."""
-        if not self.faults:
-            return None
-        self.prune(time.monotonic())
-        for f in self.faults:
-            if f.path == path or f.path == "*":
-                f.hits += 1
-                if f.remaining is not None:
-                    f.remaining -= 1
-                return replace(f)
-        return None
-
-    def clear(self, path: str | None = None) -> dict[str, Any]:
-        before = len(self.faults)
-        self.faults = [] if path is None else [f for f in self.faults if f.path != path]
-        return {"ok": True, "cleared": before - len(self.faults), "visible_at_ms": now_ms()}
-
-    def public(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        self.prune(now)
-        return [f.public(now) for f in self.faults]
 
 
 def _check_text(name: str, value: Any, max_len: int = 64) -> str:

@@ -207,6 +207,78 @@ def check_fraction(kind: str, fraction: Any) -> float | None:
     return float(fraction)
 
 
+class FaultBook:
+    """Scripted REST faults (for N requests or S seconds): the Binance state's and every venue's."""
+
+    def __init__(self, kinds: tuple[str, ...] = FAULT_KINDS) -> None:
+        self.kinds = kinds
+        self.faults: list[RestFault] = []
+        self.next_id = 1
+
+    def add(self, kind: str, path: str = "*", count: int | None = None, duration_s: float | None = None,
+            retry_after: int = 60, status: int = 503, hang_s: float = 30.0, body: str | None = None,
+            fraction: float | None = None) -> dict[str, Any]:
+        if kind not in self.kinds:
+            raise SimError(400, f"kind must be one of {self.kinds}")
+        if not isinstance(path, str) or not (path == "*" or path.startswith("/")) or len(path) > 200:
+            raise SimError(400, "path must be '*' or an absolute request path")
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise SimError(400, "count must be a positive integer")
+        if duration_s is not None and (not isinstance(duration_s, (int, float)) or not 0 < duration_s <= 86400):
+            raise SimError(400, "duration_s must be in (0, 86400]")
+        if count is None and duration_s is None:
+            count = 1
+        if kind == "5xx" and not (isinstance(status, int) and 500 <= status <= 599):
+            raise SimError(400, "status must be 500..599 for kind 5xx")
+        if not isinstance(retry_after, int) or retry_after < 0:
+            raise SimError(400, "retry_after must be a non-negative integer (seconds)")
+        if not isinstance(hang_s, (int, float)) or not 0 <= hang_s <= 600:
+            raise SimError(400, "hang_s must be in [0, 600]")
+        if body is not None and (not isinstance(body, str) or len(body) > 1_000_000):
+            raise SimError(400, "body must be a string of at most 1 MB")
+        fraction = check_fraction(kind, fraction)
+        now = time.monotonic()
+        self.prune(now)
+        if len(self.faults) >= MAX_FAULTS:
+            raise SimError(409, f"at most {MAX_FAULTS} active faults")
+        fault = RestFault(id=self.next_id, kind=kind, path=path, remaining=count,
+                          until=None if duration_s is None else now + float(duration_s),
+                          retry_after=retry_after, status=status, hang_s=float(hang_s), body=body,
+                          created_ms=now_ms(), fraction=fraction)
+        self.next_id += 1
+        self.faults.append(fault)
+        return {"ok": True, "fault": fault.public(now), "visible_at_ms": now_ms()}
+
+    def prune(self, now: float) -> None:
+        if self.faults:
+            self.faults = [f for f in self.faults if not f.expired(now)]
+
+    def take(self, path: str, key: str | None = None, wildcard: bool = True) -> RestFault | None:
+        """The fault hitting this request (one use consumed), or None. A fault names the request
+        path (or its ``key``), or is ``*`` — which hits only when ``wildcard`` (REST, not a
+        WebSocket handshake)."""
+        if not self.faults:
+            return None
+        self.prune(time.monotonic())
+        for f in self.faults:
+            if f.path == path or (key is not None and f.path == key) or (f.path == "*" and wildcard):
+                f.hits += 1
+                if f.remaining is not None:
+                    f.remaining -= 1
+                return replace(f)
+        return None
+
+    def clear(self, path: str | None = None) -> dict[str, Any]:
+        before = len(self.faults)
+        self.faults = [] if path is None else [f for f in self.faults if f.path != path]
+        return {"ok": True, "cleared": before - len(self.faults), "visible_at_ms": now_ms()}
+
+    def public(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        self.prune(now)
+        return [f.public(now) for f in self.faults]
+
+
 def keep_rows(rows: list[Any], drop_fraction: float) -> list[Any]:
     """``rows`` minus their tail share ``drop_fraction`` (a cut-off list; at least one row goes)."""
     if drop_fraction <= 0 or not rows:
@@ -418,8 +490,7 @@ class SimState:
         self.duplicate = False
         self._stalled = False
         self._stall_until: float | None = None
-        self.faults: list[RestFault] = []
-        self._next_fault_id = 1
+        self.fault_book = FaultBook(FAULT_KINDS)
         self.rest_calls: Counter[str] = Counter()
         self.rest_faulted: Counter[str] = Counter()
         self.rest_rate_limited = 0
@@ -626,60 +697,23 @@ class SimState:
     def add_fault(self, kind: str, path: str = "*", count: int | None = None,
                   duration_s: float | None = None, retry_after: int = 60, status: int = 503,
                   hang_s: float = 30.0, body: str | None = None, fraction: float | None = None) -> dict[str, Any]:
-        if kind not in FAULT_KINDS:
-            raise SimError(400, f"kind must be one of {FAULT_KINDS}")
-        if not isinstance(path, str) or not (path == "*" or path.startswith("/")) or len(path) > 200:
-            raise SimError(400, "path must be '*' or an absolute request path")
-        if count is not None and (not isinstance(count, int) or count < 1):
-            raise SimError(400, "count must be a positive integer")
-        if duration_s is not None and (not isinstance(duration_s, (int, float)) or not 0 < duration_s <= 86400):
-            raise SimError(400, "duration_s must be in (0, 86400]")
-        if count is None and duration_s is None:
-            count = 1
-        if kind == "5xx" and not (isinstance(status, int) and 500 <= status <= 599):
-            raise SimError(400, "status must be 500..599 for kind 5xx")
-        if not isinstance(retry_after, int) or retry_after < 0:
-            raise SimError(400, "retry_after must be a non-negative integer (seconds)")
-        if not isinstance(hang_s, (int, float)) or not 0 <= hang_s <= 600:
-            raise SimError(400, "hang_s must be in [0, 600]")
-        if body is not None and (not isinstance(body, str) or len(body) > 1_000_000):
-            raise SimError(400, "body must be a string of at most 1 MB")
-        fraction = check_fraction(kind, fraction)
-        now = time.monotonic()
-        self.faults = [f for f in self.faults if not f.expired(now)]
-        if len(self.faults) >= MAX_FAULTS:
-            raise SimError(409, f"at most {MAX_FAULTS} active faults")
-        fault = RestFault(id=self._next_fault_id, kind=kind, path=path, remaining=count,
-                          until=None if duration_s is None else now + float(duration_s),
-                          retry_after=retry_after, status=status, hang_s=float(hang_s), body=body,
-                          created_ms=now_ms(), fraction=fraction)
-        self._next_fault_id += 1
-        self.faults.append(fault)
-        return {"ok": True, "fault": fault.public(now), "visible_at_ms": now_ms()}
+        return self.fault_book.add(kind, path, count, duration_s, retry_after, status, hang_s, body, fraction)
 
     def take_fault(self, path: str, rest: bool) -> RestFault | None:
         """The fault that applies to this request (consuming one use), or None.
 
         ``*`` faults hit REST paths only; a WebSocket handshake path is hit only when named.
         """
-        if not self.faults:
-            return None
-        now = time.monotonic()
-        self.faults = [f for f in self.faults if not f.expired(now)]
         key = self.path_key(path)
-        for f in self.faults:
-            if f.path == path or f.path == key or (f.path == "*" and rest):
-                f.hits += 1
-                if f.remaining is not None:
-                    f.remaining -= 1
-                self.rest_faulted[key] += 1
-                return replace(f)
-        return None
+        fault = self.fault_book.take(path, key=key, wildcard=rest)
+        if fault is not None:
+            self.rest_faulted[key] += 1
+        return fault
 
     def clear_faults(self, path: str | None = None) -> dict[str, Any]:
-        before = len(self.faults)
-        self.faults = [] if path is None else [f for f in self.faults if f.path != path]
-        return {"ok": True, "cleared": before - len(self.faults)}
+        out = self.fault_book.clear(path)
+        out.pop("visible_at_ms")
+        return out
 
     # ------------------------------------------------------------------ trades
     def _live_subscribers(self, stream: str) -> list[Conn]:
@@ -1121,7 +1155,7 @@ class SimState:
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
-        self.faults = [f for f in self.faults if not f.expired(now)]
+        faults = self.fault_book.public()
         symbols = {}
         for symbol, feed in self.feeds.items():
             listing = self.listings["spot"].get(symbol)
@@ -1162,7 +1196,7 @@ class SimState:
                 "rate_limited": self.rest_rate_limited,
                 "used_weight_1m": {fam: self.used_weight(fam) for fam in self.weights},
             },
-            "faults": [f.public(now) for f in self.faults],
+            "faults": faults,
             "firehose": self.firehose.public() if self.firehose else None,
             "config": asdict(self.config),
         }
