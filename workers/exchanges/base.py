@@ -74,15 +74,20 @@ class InstrumentList(list):
 SAFE_RAW_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
-def collect_instruments(rows: Iterable[Any], make: Callable[[Any], InstrumentInfo | None]) -> InstrumentList:
-    """``make(row)`` for every row; rows it refuses (None) are counted in ``.rejected``."""
+#: returned by a row parser for a row that is fine but not part of this snapshot (another market)
+SKIP: Any = object()
+
+
+def collect_instruments(rows: Iterable[Any], make: Callable[[Any], Any]) -> InstrumentList:
+    """``make(row)`` for every row: an InstrumentInfo is kept, None (a refused row) is counted in
+    ``.rejected``, :data:`SKIP` (a row of another market) is passed over."""
     out: list[InstrumentInfo] = []
     rejected = 0
     for row in rows:
         info = make(row)
         if info is None:
             rejected += 1
-        else:
+        elif info is not SKIP:
             out.append(info)
     return InstrumentList(out, rejected)
 

@@ -29,7 +29,7 @@ from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
 from .base import (
     ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, KeepAlive,
-    ParseResult, collect_instruments,
+    ParseResult, SKIP, collect_instruments,
 )
 
 
@@ -199,15 +199,11 @@ class BinanceSpot(ExchangeAdapter):
         if futures_type is not None and futures_type != "U_MARGINED":
             # a COIN-M body (dapi) or something else routed here: none of it is ours
             raise InstrumentsFormatError(f"futures exchangeInfo is not USD-M ({str(futures_type)[:20]!r})")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in body["symbols"]:
+        def make(row: Any) -> Any:
             got = self._futures_instrument(row)
-            if got is None:
-                rejected += 1
-            elif got.market == market:
-                out.append(got)
-        return InstrumentList(out, rejected)
+            return SKIP if got is not None and got.market != market else got
+
+        return collect_instruments(body["symbols"], make)
 
     def _futures_instrument(self, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):

@@ -31,7 +31,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, SKIP,
+    collect_instruments,
+)
 
 STATUS_MAP = {
     "PreLaunch": PRE_TRADING,
@@ -121,17 +124,12 @@ class Bybit(ExchangeAdapter):
                                    or not cursor.isascii() or not cursor.isprintable()):
             # a page we cannot follow: the snapshot would be partial, so none at all
             raise InstrumentsFormatError("instruments-info has an unusable nextPageCursor")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in result["list"]:
+        def make(row: Any) -> Any:
             if market == "perp" and isinstance(row, dict) and _is_dated(row.get("contractType")):
-                continue  # a dated future: not in the perp snapshot, and nothing wrong with it
-            info = _instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+                return SKIP  # a dated future: not in the perp snapshot, and nothing wrong with it
+            return _instrument(market, row)
+
+        return collect_instruments(result["list"], make)
 
 
 def _is_dated(contract_type: Any) -> bool:

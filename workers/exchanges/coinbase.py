@@ -23,7 +23,10 @@ from typing import Any
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    collect_instruments,
+)
 
 STATUS_MAP = {
     "online": TRADING,
@@ -65,15 +68,7 @@ class Coinbase(ExchangeAdapter):
         if not isinstance(body, list):
             # errors come as {"message": "..."}
             raise InstrumentsFormatError("products body is not a list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in body:
-            info = _instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(body, lambda row: _instrument(market, row))
 
 
 def _instrument(market: str, row: Any) -> InstrumentInfo | None:

@@ -27,7 +27,10 @@ from typing import Any
 from shared.events import DELISTED, HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    collect_instruments,
+)
 
 STATUS_MAP = {
     "online": TRADING,
@@ -86,15 +89,7 @@ class Kraken(ExchangeAdapter):
         result = body.get("result")
         if not isinstance(result, dict):
             raise InstrumentsFormatError("AssetPairs body has no 'result' object")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for key, row in result.items():
-            info = _instrument(market, key, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(result.items(), lambda kv: _instrument(market, kv[0], kv[1]))
 
 
 def _instrument(market: str, native: Any, row: Any) -> InstrumentInfo | None:

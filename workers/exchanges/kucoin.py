@@ -29,7 +29,10 @@ from typing import Any, Callable, ClassVar
 from shared.events import HALTED, PRE_TRADING, TRADING, InstrumentInfo, now_ms
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    collect_instruments,
+)
 
 TRADE_PAGE = "https://www.kucoin.com/trade/{native}"
 
@@ -66,15 +69,7 @@ class Kucoin(ExchangeAdapter):
         if not isinstance(data, list):
             raise InstrumentsFormatError("symbols body has no 'data' list")
         now = self.clock()
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in data:
-            info = _instrument(market, row, now)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(data, lambda row: _instrument(market, row, now))
 
 
 def _instrument(market: str, row: Any, now: int) -> InstrumentInfo | None:

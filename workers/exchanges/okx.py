@@ -26,7 +26,10 @@ from typing import Any
 from shared.events import HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
+    collect_instruments,
+)
 
 STATUS_MAP = {
     "live": TRADING,
@@ -81,15 +84,7 @@ class Okx(ExchangeAdapter):
         data = body.get("data")
         if not isinstance(data, list):
             raise InstrumentsFormatError("instruments body has no 'data' list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in data:
-            info = _instrument(market, inst_type, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+        return collect_instruments(data, lambda row: _instrument(market, inst_type, row))
 
 
 def _instrument(market: str, inst_type: str, row: Any) -> InstrumentInfo | None:

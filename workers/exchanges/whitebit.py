@@ -19,7 +19,10 @@ from typing import Any
 from shared.events import DELISTED, HALTED, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
-from .base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from .base import (
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, SKIP,
+    collect_instruments,
+)
 
 #: market -> the ``type`` values of its rows
 MARKET_TYPES: dict[str, frozenset[str]] = {
@@ -65,20 +68,14 @@ class WhitebitAdapter(ExchangeAdapter):
             raise InstrumentsFormatError(f"whitebit has no {market[:16]!r} instruments")
         if not isinstance(body, list):
             raise InstrumentsFormatError("markets body is not a list")
-        out: list[InstrumentInfo] = []
-        rejected = 0
-        for row in body:
+        def make(row: Any) -> Any:
             if not isinstance(row, dict):
-                rejected += 1
-                continue
+                return None
             if row.get("type") not in types:
-                continue  # another market's row (or a market type not polled)
-            info = self._instrument(market, row)
-            if info is None:
-                rejected += 1
-            else:
-                out.append(info)
-        return InstrumentList(out, rejected)
+                return SKIP  # another market's row (or a market type not polled)
+            return self._instrument(market, row)
+
+        return collect_instruments(body, make)
 
     def _instrument(self, market: str, row: dict) -> InstrumentInfo | None:
         native, enabled = row.get("name"), row.get("tradesEnabled")
