@@ -14,7 +14,7 @@ import pytest
 from shared.events import LISTING_STREAM
 from shared.settings import Settings, load_settings
 from tests.conftest import wait_until
-from tests.integration.test_publisher import PublisherProc, Worker
+from tests.integration.test_publisher import procs  # noqa: F401 - the publisher/worker process fixture
 
 pytestmark = pytest.mark.integration
 
@@ -36,29 +36,6 @@ def inst(native: str, status: str = "trading") -> dict[str, str]:
     base, quote = native[:-4], native[-4:]
     return {"symbol": f"{base}-{quote}", "base": base, "quote": quote, "market": "spot", "status": status,
             "raw_status": RAW[status], "url": f"https://www.okx.com/trade-spot/{base.lower()}-{quote.lower()}"}
-
-
-@pytest.fixture
-def procs():
-    started: list[PublisherProc] = []
-    workers: list[Worker] = []
-
-    class _Factory:
-        def publisher(self, settings: Settings) -> PublisherProc:
-            p = PublisherProc(settings)
-            started.append(p)
-            return p.wait_ready()
-
-        def worker(self, settings: Settings, exchange: str) -> Worker:
-            w = Worker(settings, exchange)
-            workers.append(w)
-            return w
-
-    yield _Factory()
-    for w in workers:
-        w.close()
-    for p in started:
-        p.kill()
 
 
 def entries(r) -> list[dict[str, str]]:
