@@ -22,6 +22,12 @@ Rules (per exchange + market):
   ``status_change``; to ``delisted`` -> ``delisting``; anything else -> ``status_change``;
 - a ``delisted`` symbol that comes back: ``listing`` if trading (a relisting), else ``pre_listing``
   (previous_status ``delisted`` in both);
+- push beats a lagging poll: a symbol whose status a partial (push) update *changed* less than
+  ``push_grace_ms`` before a full snapshot was taken keeps the pushed status (a disagreeing poll row
+  is ignored and counted in ``push_overrides``); if the push was the first sight of it, it is not
+  counted missing either (REST lists can lag the push channel by seconds; a new listing pushed at
+  once must not look like a delisting). After the grace the poll is the truth again, so a wrong or
+  missed push is corrected within it;
 - a known, not-delisted symbol missing from a *full* snapshot counts a miss; after
   ``delist_confirm_polls`` consecutive misses it becomes ``delisted`` with a ``delisting`` event.
   Appearing again (in any snapshot or update) resets its count. Partial updates never count misses.
@@ -44,7 +50,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Container, Mapping
 
 import orjson
 
@@ -61,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INFO_KEYS = ("symbol", "base", "quote", "market", "status", "raw_status", "url")
+#: pushed statuses remembered per exchange + market (for the push grace), oldest forgotten first
+MAX_PUSHED = 10_000
 #: longest string accepted in an instrument's info (url, raw_status ...)
 _MAX_INFO_LEN = 512
 
@@ -142,6 +150,8 @@ class ListingParams:
     score_weight: str = ""
     delist_confirm_polls: int = 3
     delist_max_fraction: float = 0.1
+    #: how long a pushed status outranks a disagreeing full snapshot (ms)
+    push_grace_ms: int = 30_000
 
 
 def default_params(exchange: str) -> ListingParams:
@@ -161,6 +171,7 @@ def listing_params(settings: "Settings") -> dict[str, ListingParams]:
             score_weight=format_score_weight(resolve_score_weight(name, es.score_weight)),
             delist_confirm_polls=es.delist_confirm_polls,
             delist_max_fraction=es.delist_max_fraction,
+            push_grace_ms=int(es.listing_push_grace * 1000),
         )
     return out
 
@@ -268,7 +279,7 @@ class MissCount:
 
 
 def count_misses(
-    known: Mapping[str, str], present: Mapping[str, Any], misses: dict[str, int], *,
+    known: Mapping[str, str], present: Container[str], misses: dict[str, int], *,
     confirm_polls: int, max_fraction: float,
 ) -> MissCount:
     """Advance ``misses`` (native -> consecutive full snapshots it was absent from; updated in
@@ -325,13 +336,16 @@ def decode_info(native: str, market: str, stored: str | None) -> dict[str, str]:
 class _ExchangeState:
     """In-memory copy of one exchange's Redis state, plus the (memory-only) miss counts."""
 
-    __slots__ = ("by_market", "untraded", "info", "misses")
+    __slots__ = ("by_market", "untraded", "info", "misses", "pushed")
 
     def __init__(self, fields: dict[str, str], untraded_members: set[str], infos: dict[str, str]) -> None:
         self.by_market: dict[str, dict[str, str]] = {}
         self.untraded: dict[str, set[str]] = {}
         self.info: dict[str, dict[str, str]] = {}
         self.misses: dict[str, dict[str, int]] = {}
+        #: market -> native -> (status, detected_at ms, first seen by a push) of its latest pushed
+        #: change (memory only, pruned)
+        self.pushed: dict[str, dict[str, tuple[str, int, bool]]] = {}
         for f, status in fields.items():
             market, sep, native = f.partition(":")
             if sep:
@@ -379,11 +393,39 @@ class _RunLog:
 
 
 class _Inbox:
-    __slots__ = ("full", "partials")
+    """Pending messages of one exchange + market in arrival order: at most one full snapshot (a
+    newer one replaces it, as only the latest list matters) and at most ``max_partials`` partial
+    updates (the oldest dropped first). Partials are never discarded for a full snapshot: a push
+    can be newer than a list the exchange's REST cache served."""
+
+    __slots__ = ("items", "partials", "max_partials")
 
     def __init__(self, max_partials: int) -> None:
-        self.full: InstrumentsMsg | None = None
-        self.partials: deque[InstrumentsMsg] = deque(maxlen=max_partials)
+        self.items: deque[InstrumentsMsg] = deque()
+        self.partials = 0
+        self.max_partials = max_partials
+
+    def add(self, msg: InstrumentsMsg) -> bool:
+        """Queue ``msg``; False when a partial had to be dropped to make room."""
+        dropped = False
+        if msg.full:
+            for old in [m for m in self.items if m.full]:
+                self.items.remove(old)
+        else:
+            if self.partials >= self.max_partials:
+                oldest = next(m for m in self.items if not m.full)
+                self.items.remove(oldest)
+                self.partials -= 1
+                dropped = True
+            self.partials += 1
+        self.items.append(msg)
+        return dropped
+
+    def pop(self) -> InstrumentsMsg:
+        msg = self.items.popleft()
+        if not msg.full:
+            self.partials -= 1
+        return msg
 
 
 #: exchange -> (status fields, untraded members, info fields), as stored in Redis
@@ -419,6 +461,8 @@ class ListingTracker:
         self.truncated_snapshots = 0
         self.invalid_instruments = 0
         self.partials_dropped = 0
+        #: full-snapshot rows ignored because a recent push said otherwise
+        self.push_overrides = 0
         self.seeded: list[tuple[str, str]] = []
 
     def params_for(self, exchange: str) -> ListingParams:
@@ -439,22 +483,19 @@ class ListingTracker:
             return
         if msg.full and (run := self._empty_log.good(key)) is not None:
             log.info("%s %s: non-empty instruments snapshot again after %d empty", msg.exchange, msg.market, run)
+        if not msg.full and not msg.instruments:
+            return
         box = self._inbox.get(key)
         if box is None:
             box = self._inbox[key] = _Inbox(self.max_partials)
-        if msg.full:
-            box.full = msg
-            box.partials.clear()  # superseded by the newer full snapshot
-        elif msg.instruments:
-            if len(box.partials) == box.partials.maxlen:
-                self.partials_dropped += 1
-            box.partials.append(msg)
+        if box.add(msg):
+            self.partials_dropped += 1
 
     def has_pending(self) -> bool:
-        return any(b.full is not None or b.partials for b in self._inbox.values())
+        return any(b.items for b in self._inbox.values())
 
     def pending_count(self) -> int:
-        return sum((b.full is not None) + len(b.partials) for b in self._inbox.values())
+        return sum(len(b.items) for b in self._inbox.values())
 
     def invalidate(self, exchange: str) -> None:
         """Forget the in-memory state (reload from Redis before the next diff), e.g. after a failed write."""
@@ -472,7 +513,7 @@ class ListingTracker:
         failed: set[str] = set()
         for key in list(self._inbox):
             box = self._inbox.get(key)
-            if box is None or (box.full is None and not box.partials):
+            if box is None or not box.items:
                 continue
             exchange, market = key
             if exchange in failed:
@@ -487,12 +528,8 @@ class ListingTracker:
                     continue
                 state = self._state[exchange] = _ExchangeState(fields, untraded, infos)
                 log.info("%s: loaded %d known pairs from Redis", exchange, len(fields))
-            while box.full is not None or box.partials:
-                if box.full is not None:
-                    msg, box.full = box.full, None
-                else:
-                    msg = box.partials.popleft()
-                updates.extend(self._apply(state, msg))
+            while box.items:
+                updates.extend(self._apply(state, box.pop()))
         return updates, error
 
     def _apply(self, state: _ExchangeState, msg: InstrumentsMsg) -> list[ListingUpdate]:
@@ -516,10 +553,34 @@ class ListingTracker:
             return [upd] if changes else []
 
         params = self.params_for(msg.exchange)
-        changes = diff_instruments(known, untraded, msg.instruments)
+        pushed = state.pushed.setdefault(market, {})
+        present: Container[str] = msg.instruments
+        instruments: Mapping[str, dict[str, str]] = msg.instruments
+        if msg.full and pushed:
+            recent = self._recent_pushes(pushed, msg.detected_at, params.push_grace_ms)
+            if recent:
+                instruments = {n: i for n, i in msg.instruments.items()
+                               if n not in recent or recent[n][0] == i["status"]}
+                self.push_overrides += len(msg.instruments) - len(instruments)
+                # a symbol the push revealed may not be in the REST list yet; one that was
+                # listed before and has vanished is really gone
+                present = msg.instruments.keys() | {n for n, (_, first_seen) in recent.items() if first_seen}
+                for native in recent.keys() & msg.instruments.keys():
+                    status, pushed_at, _ = pushed[native]
+                    pushed[native] = (status, pushed_at, False)  # the REST list has caught up with it
+        changes = diff_instruments(known, untraded, instruments)
+        if not msg.full:
+            # only a push that changed something outranks the poll: a push repeating a known
+            # status (OKX re-sends its whole list on every subscription) proves nothing new
+            for ch in changes:
+                prior = pushed.pop(ch.native_symbol, None)  # re-inserted last: the dict stays in push order
+                first_seen = ch.native_symbol not in known or (prior is not None and prior[2])
+                pushed[ch.native_symbol] = (ch.info["status"], msg.detected_at, first_seen)
+            while len(pushed) > MAX_PUSHED:
+                del pushed[next(iter(pushed))]
         misses = state.misses.setdefault(market, {})
         if msg.full:
-            mc = count_misses(known, msg.instruments, misses, confirm_polls=params.delist_confirm_polls,
+            mc = count_misses(known, present, misses, confirm_polls=params.delist_confirm_polls,
                               max_fraction=params.delist_max_fraction)
             key = (msg.exchange, market)
             if mc.truncated:
@@ -567,6 +628,19 @@ class ListingTracker:
         if backfill is not None:
             out.append(backfill)
         return out
+
+    @staticmethod
+    def _recent_pushes(pushed: dict[str, tuple[str, int, bool]], at: int, grace_ms: int,
+                       ) -> dict[str, tuple[str, bool]]:
+        """native -> (pushed status, first seen by the push) for pushes within ``grace_ms``
+        before ``at``; older ones are forgotten (the poll is the truth for them again)."""
+        recent: dict[str, tuple[str, bool]] = {}
+        for native, (status, pushed_at, first_seen) in list(pushed.items()):
+            if at < pushed_at + grace_ms:
+                recent[native] = (status, first_seen)
+            else:
+                del pushed[native]
+        return recent
 
     @staticmethod
     def _record(known: dict[str, str], untraded: set[str], infos: dict[str, str], market: str, ch: Change,

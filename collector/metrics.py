@@ -50,6 +50,7 @@ WORKER_COUNTERS = {
     "ws_stale": ("collector_ws_stale_reconnects", "Reconnects triggered by the stale-stream watchdog"),
     "rest_calls": ("collector_rest_calls", "REST calls made"),
     "rest_errors": ("collector_rest_errors", "REST calls that failed"),
+    "push_updates": ("collector_listing_push_updates", "Instrument updates received on listing push channels"),
 }
 
 

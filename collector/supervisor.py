@@ -96,7 +96,7 @@ PUBLISHER_HEAD_START_S = 5.0
 
 #: counters in beats that are cumulative over a process's life (carried across restarts)
 WORKER_COUNTERS = ("events_out", "drops", "parse_errors", "rejected", "ws_reconnects", "ws_stale",
-                   "rest_calls", "rest_errors")
+                   "rest_calls", "rest_errors", "push_updates")
 PUBLISHER_COUNTERS = ("redis_errors", "frame_errors", "listings_emitted", "listing_snapshots_truncated",
                       "listing_snapshots_empty")
 STREAM_COUNTERS = ("in", "pushed", "deduped", "dropped", "rate_limited")
@@ -822,6 +822,7 @@ class Supervisor:
                 if key not in ("events_out", "drops"):
                     entry[key] = totals.get(key, 0)
             entry["ws_connections"] = _num_or_none(stats.get("ws_connections"))
+            entry["push_connections"] = _num_or_none(stats.get("push_connections"))
             entry["channel"] = stats.get("channel")
             entry["queued_batches"] = _num_or_none(stats.get("queued_batches"))
         else:

@@ -124,6 +124,11 @@ class ExchangeSettings(_Section):
     #: up to this fraction of poll_interval is taken off each wait at random (never added)
     poll_jitter: float = Field(0.1, ge=0, le=0.5)
     listings: bool = True
+    #: also listen to the exchange's instrument push channel where it has one (OKX `instruments`,
+    #: Binance USDⓈ-M `!contractInfo`), beside polling
+    listing_push: bool = True
+    #: a pushed status outranks a disagreeing instruments poll for this long, seconds (REST lists lag)
+    listing_push_grace: float = Field(30.0, ge=0, le=3600)
     trades: bool = True
     #: no message on a WebSocket connection for this long -> reconnect (counted)
     stale_timeout: float = Field(60.0, gt=0)

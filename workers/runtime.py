@@ -25,6 +25,7 @@ from shared.settings import ExchangeSettings, Settings
 from shared.states import EXIT_CONFIG, EXIT_OK, EXIT_PARENT_GONE
 from workers.channel import PublisherChannel
 from workers.exchanges import UnknownExchangeError, get_adapter
+from shared.events import InstrumentInfo
 from workers.exchanges.base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
 from workers.transport.rest import CircuitOpenError, RestClient, RestError
 from workers.transport.ws import WsManager
@@ -52,6 +53,9 @@ class Worker:
         self.adapter: ExchangeAdapter | None = None
         self.channel: PublisherChannel | None = None
         self.ws: WsManager | None = None
+        #: listing push channels (instrument updates between polls)
+        self.push: list[WsManager] = []
+        self.pushed_updates = 0
         self.rest: RestClient | None = None
         self._poll_task: asyncio.Task | None = None
         self._hook_tasks: list[asyncio.Task] = []
@@ -105,6 +109,8 @@ class Worker:
                 ban_statuses=adapter.rest_ban_statuses,
             )
             self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.exchange}-poll")
+            if cfg.listing_push:
+                await self._start_push(adapter)
         self._start_test_hooks()
         link.ready()
         log.info("%s worker running (trades: %d symbols, listings: %s)", self.exchange,
@@ -121,6 +127,28 @@ class Worker:
                  self.channel.events_out, self.channel.drops)
         return EXIT_PARENT_GONE if link.parent_gone else EXIT_OK
 
+    async def _start_push(self, adapter: ExchangeAdapter) -> None:
+        polled = {req.market for req in adapter.instruments_requests()}
+        assert self.cfg is not None and self.channel is not None
+        for feed, streams in adapter.listing_feeds():
+            def sink(infos: list[InstrumentInfo], rx_ms: int, polled: set[str] = polled) -> None:
+                self._on_pushed_instruments(infos, rx_ms, polled)
+            mgr = WsManager(feed, self.cfg, self.channel.put_many, instruments_sink=sink)
+            await mgr.start(streams)
+            self.push.append(mgr)
+
+    def _on_pushed_instruments(self, infos: list[InstrumentInfo], rx_ms: int, polled: set[str]) -> None:
+        """A push frame's instruments -> one partial ``instruments`` frame per market. Markets the
+        poll does not cover are left out: without a polled baseline they could never be seeded."""
+        assert self.channel is not None
+        by_market: dict[str, dict[str, dict[str, str]]] = {}
+        for info in infos:
+            if info.market in polled:
+                by_market.setdefault(info.market, {})[info.native_symbol] = info.to_wire()
+        for market, rows in by_market.items():
+            self.pushed_updates += 1
+            self.channel.send_instruments(market, False, f"ws_{self.exchange}", rx_ms, rows)
+
     async def _stop_sources(self) -> None:
         """Stop everything that produces events (no new data is accepted after this)."""
         for t in self._hook_tasks:
@@ -129,9 +157,9 @@ class Worker:
             self._poll_task.cancel()
         await asyncio.gather(*self._hook_tasks, *([self._poll_task] if self._poll_task else []),
                              return_exceptions=True)
-        if self.ws is not None:
+        for mgr in ([self.ws] if self.ws is not None else []) + self.push:
             try:
-                await asyncio.wait_for(self.ws.stop(), 5.0)
+                await asyncio.wait_for(mgr.stop(), 5.0)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - stopping must go on
                 log.warning("%s: WebSocket stop did not finish cleanly", self.exchange)
         if self.rest is not None:
@@ -238,6 +266,7 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         ch = self.channel.stats() if self.channel is not None else {}
         ws = self.ws.stats() if self.ws is not None else {}
+        push = [m.stats() for m in self.push]
         rest = self.rest.stats() if self.rest is not None else {}
         self._note_errors()
         circuit = rest.get("circuit", "CLOSED")
@@ -251,10 +280,12 @@ class Worker:
             "exchange": self.exchange,
             "events_out": ch.get("events_out", 0),
             "drops": ch.get("drops", 0),
-            "parse_errors": ws.get("parse_errors", 0) + self.poll_parse_errors,
-            "rejected": ws.get("rejected", 0) + self.poll_rejected,
-            "ws_connections": ws.get("ws_connections", 0),
-            "ws_reconnects": ws.get("ws_reconnects", 0),
+            "parse_errors": ws.get("parse_errors", 0) + self.poll_parse_errors + _total(push, "parse_errors"),
+            "rejected": ws.get("rejected", 0) + self.poll_rejected + _total(push, "rejected"),
+            "ws_connections": ws.get("ws_connections", 0) + _total(push, "ws_connections"),
+            "ws_reconnects": ws.get("ws_reconnects", 0) + _total(push, "ws_reconnects"),
+            "push_connections": _total(push, "ws_connections"),
+            "push_updates": self.pushed_updates,
             "ws_stale": ws.get("ws_stale", 0),
             "rest_calls": rest.get("rest_calls", 0),
             "rest_errors": rest.get("rest_errors", 0),
@@ -270,7 +301,9 @@ class Worker:
 
     def _note_errors(self) -> None:
         """last_error = the most recent new error of any component (checked once per beat)."""
-        for name, comp in (("ws", self.ws), ("rest", self.rest), ("channel", self.channel)):
+        comps = [("ws", self.ws), ("rest", self.rest), ("channel", self.channel),
+                 *((f"push{i}", m) for i, m in enumerate(self.push))]
+        for name, comp in comps:
             err = getattr(comp, "last_error", None) if comp is not None else None
             if err is not None and err != self._seen_errors.get(name):
                 self.last_error = err
@@ -285,6 +318,10 @@ class Worker:
         if t.fd_leak_exchange == self.exchange and t.fd_leak_per_s > 0:
             log.warning("TEST HOOK: leaking %.1f file descriptors/s", t.fd_leak_per_s)
             self._hook_tasks.append(asyncio.create_task(_leak_fds(t.fd_leak_per_s)))
+
+
+def _total(stats: list[dict[str, Any]], key: str) -> int:
+    return sum(int(s.get(key, 0)) for s in stats)
 
 
 async def _leak_memory(mb_per_s: float) -> None:

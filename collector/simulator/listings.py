@@ -177,6 +177,19 @@ def _split_pair(symbol: str) -> tuple[str, str] | None:
 Handler = Callable[[Mapping[str, str], Mode], tuple[int, bytes]]
 
 
+class PushClient:
+    """One WebSocket client of a venue's push channel. ``send`` queues a text frame (never blocks;
+    the server closes a client that cannot keep up), ``close`` drops the connection."""
+
+    __slots__ = ("conn_id", "send", "close", "subs")
+
+    def __init__(self, conn_id: str, send: Callable[[str], None], close: Callable[[], None]) -> None:
+        self.conn_id = conn_id
+        self.send = send
+        self.close = close
+        self.subs: set[str] = set()
+
+
 class Venue(ABC):
     """One simulated exchange's instrument lists: rows, scripting, faults, counters and rendering."""
 
@@ -184,10 +197,28 @@ class Venue(ABC):
     markets: tuple[str, ...] = ("spot",)
     #: markets that exist on the wire but cannot be scripted (Phemex inverse perpetuals)
     static_markets: tuple[str, ...] = ()
+    #: WebSocket paths of the venue's instrument push channel (none: REST only)
+    ws_paths: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.route_handlers = self.routes()
+        self.push_clients: set[PushClient] = set()
         self.reset()
+
+    # ------------------------------------------------------------------ push channel (optional)
+    def ws_message(self, client: PushClient, text: str) -> None:
+        """A text frame from a push client (subscribe, ping ...); answers through ``client.send``."""
+
+    def on_row_changed(self, row: Row) -> None:
+        """A row was added or changed status: push it to the subscribed clients."""
+
+    def drop_push_clients(self) -> int:
+        clients = list(self.push_clients)
+        for c in clients:
+            c.close()
+        self.push_clients.clear()
+        self.pushes_dropped_conns += len(clients)
+        return len(clients)
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -230,6 +261,8 @@ class Venue(ABC):
         self.rest_faulted: Counter[str] = Counter()
         self.renders = 0
         self.cache_hits = 0
+        self.pushes = 0
+        self.pushes_dropped_conns = 0
         self.started_ms = now_ms()
         self._body_cache: dict[Any, Any] = {}
         for market, native, base, quote, obj, alt in self.seed():
@@ -309,6 +342,7 @@ class Venue(ABC):
         self._apply(row, kind, raw)
         self.rows[(market, native)] = row
         self._changed()
+        self.on_row_changed(row)
         return self._answer(row)
 
     def _apply(self, row: Row, kind: str | None, raw: str) -> None:
@@ -330,6 +364,7 @@ class Venue(ABC):
         else:
             self._apply(row, kind, raw)
             self._changed(row)
+            self.on_row_changed(row)
         return self._answer(row, previous_status=previous, previous_raw_status=previous_raw)
 
     def remove(self, symbol: str, market: str = "spot") -> dict[str, Any]:
@@ -387,7 +422,9 @@ class Venue(ABC):
                 "listed": self.listed_counts(),
                 "rest": {"calls": dict(self.rest_calls), "faulted": dict(self.rest_faulted)},
                 "faults": self.faults.public(),
-                "cache": {"renders": self.renders, "hits": self.cache_hits}}
+                "cache": {"renders": self.renders, "hits": self.cache_hits},
+                "push": {"clients": len(self.push_clients), "pushes": self.pushes,
+                         "dropped_connections": self.pushes_dropped_conns}}
 
     def _enc(self, row: Row, variant: str = "", encode: Callable[[Row], bytes] | None = None) -> bytes:
         data = row.enc.get(variant)
@@ -541,8 +578,62 @@ class Okx(Venue):
         }
         super().__init__()
 
+    ws_paths = ("/ws/v5/public",)
+    #: OKX instType <-> our market
+    INST_TYPES = {"SPOT": "spot", "SWAP": "perp"}
+
     def routes(self) -> dict[str, Handler]:
         return {"/api/v5/public/instruments": self._instruments}
+
+    # ---- the public ``instruments`` channel: full list on subscribe, then every change ----
+    def ws_message(self, client: PushClient, text: str) -> None:
+        if text == "ping":
+            client.send("pong")
+            return
+        try:
+            req = json.loads(text)
+        except ValueError:
+            client.send(json.dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}",
+                                    "connId": client.conn_id}))
+            return
+        op = req.get("op") if isinstance(req, dict) else None
+        args = req.get("args") if isinstance(req, dict) else None
+        if op not in ("subscribe", "unsubscribe") or not isinstance(args, list):
+            client.send(json.dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}",
+                                    "connId": client.conn_id}))
+            return
+        for arg in args:
+            inst_type = arg.get("instType") if isinstance(arg, dict) else None
+            if not isinstance(arg, dict) or arg.get("channel") != "instruments" or inst_type not in (
+                    "SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION"):
+                client.send(json.dumps({"event": "error", "code": "60018",
+                                        "msg": f"Wrong URL or channel:{arg}, args or instType doesn't exist.",
+                                        "connId": client.conn_id}))
+                continue
+            client.send(json.dumps({"event": op, "arg": {"channel": "instruments", "instType": inst_type},
+                                    "connId": client.conn_id}))
+            if op == "unsubscribe":
+                client.subs.discard(inst_type)
+                continue
+            client.subs.add(inst_type)
+            market = self.INST_TYPES.get(inst_type)
+            rows = [r.obj for r in self.rows.values() if r.market == market] if market else []
+            client.send(self._push_text(inst_type, rows))
+            self.pushes += 1
+
+    def on_row_changed(self, row: Row) -> None:
+        inst_type = "SPOT" if row.market == "spot" else "SWAP"
+        text = None
+        for client in list(self.push_clients):
+            if inst_type in client.subs:
+                text = text or self._push_text(inst_type, [row.obj])
+                client.send(text)
+                self.pushes += 1
+
+    @staticmethod
+    def _push_text(inst_type: str, rows: list[dict[str, Any]]) -> str:
+        return json.dumps({"arg": {"channel": "instruments", "instType": inst_type}, "data": rows},
+                          separators=(",", ":"))
 
     def seed(self) -> Iterable[Any]:
         for market, body in (("spot", self.spot), ("perp", self.swap)):

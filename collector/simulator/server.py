@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import WSMsgType, web
 
-from collector.simulator.listings import EXCHANGES, NORMAL, VENUES, BinanceListings, Mode, Venue
+from collector.simulator.listings import EXCHANGES, NORMAL, VENUES, BinanceListings, Mode, PushClient, Venue
 from collector.simulator.state import (
     MAX_FILLER,
     MAX_SYMBOL_LEN,
@@ -303,9 +303,16 @@ def _handle_control(state: SimState, conn: Any, data: str) -> None:
               rid)
 
 
+#: the USDⓈ-M WebSocket routes (2026 split); one simulated server answers them all
+USDM_ROUTES = ("/public", "/market")
+
 async def _ws_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     path = request.path
+    for route in USDM_ROUTES:  # USDⓈ-M routed endpoints: /public/..., /market/...
+        if path.startswith(route + "/"):
+            path = path[len(route):]
+            break
     if path.rstrip("/") == "/stream":
         combined = True
         streams = [s for s in request.query.get("streams", "").split("/") if s]
@@ -537,6 +544,8 @@ def build_app(state: SimState, ports: dict[str, str] | None = None) -> web.Appli
         web.get("/stream", _ws_handler),
         web.get("/ws", _ws_handler),
         web.get("/ws/{streams:.+}", _ws_handler),
+        *(web.get(f"{route}{p}", _ws_handler) for route in USDM_ROUTES
+          for p in ("/stream", "/ws", "/ws/{streams:.+}")),
         *_control_routes(),
         *_listing_routes(),
     ])
@@ -612,6 +621,52 @@ async def _venue_rest(request: web.Request) -> web.Response:
     return web.Response(body=body, status=status, headers={"Content-Type": JSON_CT})
 
 
+#: frames queued per push client before the server gives up on it (a client that stopped reading)
+PUSH_QUEUE_MAX = 4096
+
+
+async def _venue_ws_handler(request: web.Request) -> web.StreamResponse:
+    """A venue's instrument push channel: text frames in (``venue.ws_message``), pushes out."""
+    venue = request.app[VENUE_KEY]
+    ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=64 * 1024, timeout=3.0)
+    if not ws.can_prepare(request).ok:
+        return web.Response(status=400, text="WebSocket upgrade expected")
+    await ws.prepare(request)
+    queue: asyncio.Queue[str | None] = asyncio.Queue(PUSH_QUEUE_MAX)
+
+    def send(text: str) -> None:
+        try:
+            queue.put_nowait(text)
+        except asyncio.QueueFull:
+            close()
+
+    def close() -> None:
+        venue.push_clients.discard(client)
+        if request.transport is not None:
+            request.transport.abort()
+
+    async def writer() -> None:
+        while (text := await queue.get()) is not None:
+            await ws.send_str(text)
+
+    client = PushClient(f"{id(ws) & 0xFFFFFFFF:08x}", send, close)
+    venue.push_clients.add(client)
+    write_task = asyncio.create_task(writer())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                venue.ws_message(client, msg.data)
+            elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                break
+    except ConnectionError:
+        pass
+    finally:
+        venue.push_clients.discard(client)
+        write_task.cancel()
+        await asyncio.gather(write_task, return_exceptions=True)
+    return ws
+
+
 def build_listing_app(venue: Venue, ports: dict[str, str] | None = None) -> web.Application:
     """One exchange's instrument-list endpoints and its /_sim/ controls, for its own port."""
     app = web.Application(middlewares=[_venue_middleware], client_max_size=1024 * 1024)
@@ -628,8 +683,10 @@ def build_listing_app(venue: Venue, ports: dict[str, str] | None = None) -> web.
         return _json(request.app[VENUE_KEY].stats())
 
     app.add_routes([web.get(path, _venue_rest) for path in venue.route_handlers])
+    app.add_routes([web.get(path, _venue_ws_handler) for path in venue.ws_paths])
     app.add_routes([
         web.get("/_sim/stats", stats),
+        post("/_sim/ws/drop", {}, lambda v, a: {"ok": True, "dropped": v.drop_push_clients()}),
         post("/_sim/reset", {"drop_connections": ((bool,), True)}, lambda v, a: v.reset()),
         post("/_sim/rest/fault",
              {"kind": ((str,), ...), "path": ((str,), "*"), "count": ((int,), None),

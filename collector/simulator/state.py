@@ -287,6 +287,10 @@ def keep_rows(rows: list[Any], drop_fraction: float) -> list[Any]:
     return rows[:max(keep, 0)]
 
 
+#: the USDⓈ-M listing push stream
+CONTRACT_INFO_STREAM = "!contractInfo"
+
+
 class Listing:
     """One symbol as served by exchangeInfo; ``obj`` is the exact dict that goes on the wire."""
 
@@ -566,6 +570,7 @@ class SimState:
         if symbol in self.listings[market]:
             raise SimError(409, f"{market} symbol {symbol!r} already listed")
         listing = self._add_listing(market, symbol, base, quote, status)
+        self._push_contract_info(listing)
         return {"ok": True, **listing.public(), "visible_at_ms": now_ms()}
 
     def set_symbol_status(self, symbol: str, status: str, market: str = "spot") -> dict[str, Any]:
@@ -581,6 +586,7 @@ class SimState:
             listing.obj["onboardDate"] = now_ms()
         listing.updated_ms = now_ms()
         self._body_cache[market] = None
+        self._push_contract_info(listing)
         return {"ok": True, **listing.public(), "previous_status": previous, "visible_at_ms": now_ms()}
 
     def remove_symbol(self, symbol: str, market: str = "spot") -> dict[str, Any]:
@@ -923,6 +929,23 @@ class SimState:
                     subs.discard(conn)
                     if not subs:
                         del self.stream_subs[s]
+
+    def _push_contract_info(self, listing: Listing) -> None:
+        """USDⓈ-M ``!contractInfo``: one frame per listing or status change, to every connection
+        subscribed to it (the docs example's shape, brackets left out as on a status-only change)."""
+        if listing.market != "usdm":
+            return
+        subs = self.stream_subs.get(CONTRACT_INFO_STREAM)
+        if not subs:
+            return
+        obj = listing.obj
+        payload = {"e": "contractInfo", "E": now_ms(), "s": listing.symbol, "ps": obj.get("pair", listing.symbol),
+                   "ct": obj.get("contractType", ""), "dt": obj.get("deliveryDate", 4133404800000),
+                   "ot": obj.get("onboardDate", 0), "cs": obj["status"]}
+        self.counters["contract_info_pushes"] += 1
+        for conn in list(subs):
+            self.send_control_frame(conn, {"stream": CONTRACT_INFO_STREAM, "data": payload} if conn.combined
+                                    else payload)
 
     def send_control_frame(self, conn: Conn, obj: Any) -> None:
         """A reply to a WS control message (nothing leaves while stalled)."""

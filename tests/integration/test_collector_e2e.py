@@ -146,7 +146,12 @@ def test_trades_reach_redis_normalized_and_deduplicated(collector, sim, redis_se
     pub = c.status()["children"]["publisher"]
     assert pub["state"] == "RUNNING"
 
-    hb = wait_until(lambda: r.hgetall("node:heartbeat:TEST_NODE"), what="heartbeat hash")
+    def heartbeat_after_the_trades() -> dict | None:
+        # written every second: the first one may predate the trades
+        h = r.hgetall("node:heartbeat:TEST_NODE")
+        return h if h and json.loads(h["stats"])["events_pushed"] >= 500 else None
+
+    hb = wait_until(heartbeat_after_the_trades, timeout=10, what="a heartbeat counting the trades")
     assert hb["status"] == "running" and hb["node_id"] == "TEST_NODE"
     stats = json.loads(hb["stats"])
     for k in ("events_collected", "events_pushed", "errors", "last_event_at", "exchanges_active",

@@ -332,7 +332,7 @@ def test_worker_runtime_delivers_trades_and_instruments_and_stops_cleanly(short_
         assert set(stats) - {"loop_lag_ms"} == {
             "exchange", "events_out", "drops", "parse_errors", "rejected", "ws_connections", "ws_reconnects",
             "ws_stale", "rest_calls", "rest_errors", "last_message_at", "last_event_at", "connection", "stale",
-            "circuit", "channel", "queued_batches", "last_error"}
+            "circuit", "channel", "queued_batches", "last_error", "push_connections", "push_updates"}
         assert stats["exchange"] == "binance" and stats["connection"] == "connected"
         assert stats["channel"] == "connected" and stats["circuit"] == "CLOSED"
         assert stats["ws_connections"] == 1 and stats["rest_calls"] >= 1 and stats["parse_errors"] == 1

@@ -219,17 +219,74 @@ def test_while_redis_down_only_latest_full_snapshot_is_kept() -> None:
     assert set(fake.fields["binance"]) == {"spot:BTCUSDT", "spot:ETHUSDT", "spot:BUSDT", "spot:CUSDT"}
 
 
-def test_a_newer_full_snapshot_supersedes_queued_partials() -> None:
+def test_a_queued_push_survives_a_newer_full_snapshot() -> None:
+    # a push queued behind a Redis outage is not thrown away for the next poll: the push may be
+    # newer than what the exchange's REST cache served, and it is applied in arrival order
     fake, tr = FakeRedis(), ListingTracker("NODE_A")
     run(tr, fake, snap(("BTCUSDT", "trading")))
     fake.down = True
     tr.invalidate("binance")  # force a reload, which fails while down
     tr.submit(parse_instruments_msg(snap(("XUSDT", "trading"), full=False)))
     tr.submit(parse_instruments_msg(snap(("BTCUSDT", "trading"), ("YUSDT", "trading"))))
-    assert tr.pending_count() == 1
+    tr.submit(parse_instruments_msg(snap(("BTCUSDT", "trading"), ("YUSDT", "trading"), ("ZUSDT", "trading"))))
+    assert tr.pending_count() == 2  # the push, and only the newest full snapshot
     fake.down = False
     ups, _ = asyncio.run(tr.process(fake.load))
-    assert events(ups) == [("YUSDT", "listing", "")]
+    fake.apply(ups)
+    assert events(ups) == [("XUSDT", "listing", ""), ("YUSDT", "listing", ""), ("ZUSDT", "listing", "")]
+
+
+def at(m: dict, ms: int) -> dict:
+    return {**m, "detected_at": ms}
+
+
+def test_a_pushed_change_outranks_a_lagging_poll_within_the_grace() -> None:
+    t0 = 1_764_590_430_000
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=2, push_grace_ms=30_000)})
+    run(tr, fake, at(snap(("BTCUSDT", "trading"), ("NEWUSDT", "pre_trading")), t0))
+    # the push sees NEW open, and a brand-new LATE listing the REST list does not show yet
+    ups = run(tr, fake, at(snap(("NEWUSDT", "trading"), ("LATEUSDT", "trading"), full=False), t0 + 1000))
+    assert events(ups) == [("NEWUSDT", "listing", "pre_trading"), ("LATEUSDT", "listing", "")]
+    # polls from a lagging REST cache: NEW still pre-trading, LATE missing -- for 20 s
+    for i in range(1, 5):
+        assert events(run(tr, fake, at(snap(("BTCUSDT", "trading"), ("NEWUSDT", "pre_trading")),
+                                        t0 + 1000 + i * 5000))) == []
+    assert tr.push_overrides == 4
+    assert fake.fields["binance"]["spot:NEWUSDT"] == "trading"
+    assert fake.fields["binance"]["spot:LATEUSDT"] == "trading"
+    # once the REST list catches up nothing happens either
+    assert events(run(tr, fake, at(snap(("BTCUSDT", "trading"), ("NEWUSDT", "trading"), ("LATEUSDT", "trading")),
+                                    t0 + 26_000))) == []
+    # listed by REST now: vanishing from it again is a real delisting, grace or not
+    run(tr, fake, at(snap(("BTCUSDT", "trading"), ("NEWUSDT", "trading")), t0 + 27_000))
+    ups = run(tr, fake, at(snap(("BTCUSDT", "trading"), ("NEWUSDT", "trading")), t0 + 28_000))
+    assert [(n, e) for n, e, _ in events(ups)] == [("LATEUSDT", "delisting")]
+
+
+def test_after_the_grace_the_poll_is_the_truth_again() -> None:
+    t0 = 1_764_590_430_000
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=2, push_grace_ms=30_000)})
+    run(tr, fake, at(snap(("BTCUSDT", "trading"), ("ETHUSDT", "trading")), t0))
+    run(tr, fake, at(snap(("GHOSTUSDT", "trading"), full=False), t0 + 1000))  # a wrong (or withdrawn) push
+    late = t0 + 1000 + 30_000
+    assert events(run(tr, fake, at(snap(("BTCUSDT", "trading"), ("ETHUSDT", "trading")), late))) == []
+    ups = run(tr, fake, at(snap(("BTCUSDT", "trading"), ("ETHUSDT", "trading")), late + 5000))
+    assert [(n, e) for n, e, _ in events(ups)] == [("GHOSTUSDT", "delisting")]
+
+
+def test_a_push_repeating_known_statuses_protects_nothing() -> None:
+    # OKX re-sends its whole list on every subscription: that must not shield a real delisting
+    t0 = 1_764_590_430_000
+    fake = FakeRedis()
+    tr = ListingTracker("NODE_A", params={"binance": ListingParams(delist_confirm_polls=2, push_grace_ms=30_000)})
+    rows = (("BTCUSDT", "trading"), ("ETHUSDT", "trading"), ("OLDUSDT", "halted"))
+    run(tr, fake, at(snap(*rows), t0))
+    assert events(run(tr, fake, at(snap(*rows, full=False), t0 + 1000))) == []
+    run(tr, fake, at(snap(*rows[:2]), t0 + 2000))
+    ups = run(tr, fake, at(snap(*rows[:2]), t0 + 7000))
+    assert [(n, e) for n, e, _ in events(ups)] == [("OLDUSDT", "delisting")]
 
 
 def test_one_exchange_down_does_not_lose_another_exchanges_updates() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from shared.events import InstrumentInfo, WireEvent
+from shared.marketdata import BookMsg
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,10 @@ class ParseResult:
     parse_errors: int = 0
     #: an error reported by the exchange itself (kept as last_error; never a secret)
     error: str | None = None
+    #: order-book messages for the worker's book engine (sequence rules applied there)
+    books: list[BookMsg] = field(default_factory=list)
+    #: instruments pushed by a listing channel (a partial update: only what the frame carried)
+    instruments: list[InstrumentInfo] = field(default_factory=list)
 
 
 class InstrumentList(list):
@@ -117,7 +122,45 @@ class NotSupported(TypeError):
     """The adapter does not implement this part (e.g. trades on a listings-only adapter)."""
 
 
-class ExchangeAdapter:
+class WsFeed:
+    """What the WebSocket transport (``workers.transport.ws.WsManager``) needs to run connections:
+    where to connect, how to subscribe and keep alive, limits, and the pure frame parser.
+
+    An :class:`ExchangeAdapter` is the feed of its trade streams; other channels of the same
+    exchange (a listing push channel, a second host) are small extra ``WsFeed`` classes.
+    """
+
+    #: lower-case exchange name, as in the settings (``exchanges.<name>``)
+    name: ClassVar[str] = ""
+    #: what the feed carries, for logs (``trades``, ``contractInfo`` ...)
+    label: ClassVar[str] = "trades"
+    default_ws_base: ClassVar[str] = ""
+    keepalive: ClassVar[KeepAlive] = KeepAlive()
+    #: the channel can be silent for hours (listing pushes): liveness is proven by protocol
+    #: ping/pong every ``keepalive.interval`` instead of data, and the stale watchdog is off
+    quiet: ClassVar[bool] = False
+    #: the exchange's hard limit; the effective value is min(this, settings)
+    max_streams_per_connection: ClassVar[int] = 100
+    #: outgoing messages per second per connection the exchange tolerates (settings may lower it)
+    max_send_rate: ClassVar[float] = 5.0
+    #: a forced connection lifetime, seconds (None = none known)
+    max_connection_lifetime: ClassVar[float | None] = None
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        """The URL of a connection carrying ``streams`` (at default bases; the transport
+        applies the URL override)."""
+        raise NotSupported(f"{type(self).__name__} does not implement this")
+
+    def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
+        """Messages to send after connecting (none when the URL names the streams)."""
+        return []
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        """Pure: one raw message -> events and flags. ``rx_ns`` monotonic ns, ``rx_ms`` epoch ms."""
+        raise NotSupported(f"{type(self).__name__} does not implement this")
+
+
+class ExchangeAdapter(WsFeed):
     """Base class of every exchange adapter. Subclasses set the class attributes and implement
     :meth:`native_symbol`, :meth:`trade_stream`, :meth:`ws_url`, :meth:`parse_ws_message`,
     :meth:`instruments_requests` and :meth:`parse_instruments`.
@@ -126,17 +169,9 @@ class ExchangeAdapter:
     symbols in trade frames back to ``BASE-QUOTE``).
     """
 
-    #: lower-case exchange name, as in the settings (``exchanges.<name>``)
-    name: ClassVar[str] = ""
     #: the market the adapter's trade streams belong to (spot | perp | future | option)
     market: ClassVar[str] = "spot"
     default_rest_base: ClassVar[str] = ""
-    default_ws_base: ClassVar[str] = ""
-    keepalive: ClassVar[KeepAlive] = KeepAlive()
-    #: the exchange's hard limit; the effective value is min(this, settings)
-    max_streams_per_connection: ClassVar[int] = 100
-    #: outgoing messages per second per connection the exchange tolerates (settings may lower it)
-    max_send_rate: ClassVar[float] = 5.0
     #: REST weight budget per ``rest_weight_window`` seconds (0 = not tracked)
     rest_weight_limit: ClassVar[int] = 0
     rest_weight_window: ClassVar[float] = 60.0
@@ -145,8 +180,6 @@ class ExchangeAdapter:
     #: HTTP statuses that mean "this IP is banned: stop ALL REST until the stated time", with the
     #: ban length in seconds used when no Retry-After comes (Binance 418, Bybit 403). Never mutated.
     rest_ban_statuses: ClassVar[dict[int, float]] = {}
-    #: a forced connection lifetime, seconds (None = none known)
-    max_connection_lifetime: ClassVar[float | None] = None
     #: whether this adapter implements trade streams (listings-only adapters say False)
     supports_trades: ClassVar[bool] = True
 
@@ -168,19 +201,11 @@ class ExchangeAdapter:
     def trade_streams(self) -> list[str]:
         return [self.trade_stream(s) for s in self.symbols]
 
-    # ---- WebSocket ----
-    def ws_url(self, streams: Sequence[str]) -> str:
-        """The URL of a connection carrying ``streams`` (at default bases; the transport
-        applies the URL override)."""
-        raise NotSupported(f"{type(self).__name__} does not implement this")
-
-    def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
-        """Messages to send after connecting (none when the URL names the streams)."""
+    # ---- listing push channels ----
+    def listing_feeds(self) -> list[tuple[WsFeed, list[str]]]:
+        """(feed, streams) of every instrument push channel, run beside the instruments poll.
+        Their frames carry :attr:`ParseResult.instruments` (partial updates, never a full list)."""
         return []
-
-    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
-        """Pure: one raw message -> events and flags. ``rx_ns`` monotonic ns, ``rx_ms`` epoch ms."""
-        raise NotSupported(f"{type(self).__name__} does not implement this")
 
     # ---- REST instruments (listing detection) ----
     def instruments_requests(self) -> list[InstrumentsRequest]:

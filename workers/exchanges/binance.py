@@ -29,7 +29,7 @@ from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
 from .base import (
     ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, KeepAlive,
-    ParseResult, SKIP, collect_instruments,
+    ParseResult, SKIP, WsFeed, collect_instruments,
 )
 
 
@@ -83,6 +83,100 @@ _GARBAGE = ParseResult(parse_errors=1)
 _MALFORMED_DATA = ParseResult(data=True, parse_errors=1)
 _REJECTED = ParseResult(data=True, rejected=1)
 _SHUTDOWN = ParseResult(rotate=True)
+
+
+def futures_info(native: Any, pair: str, raw_status: Any, contract_type: Any) -> InstrumentInfo | None:
+    """A USDⓈ-M contract (REST row or ``!contractInfo`` push) as an InstrumentInfo, or None when
+    a part is unsafe or the name and the pair disagree."""
+    if (not is_safe_native_symbol(native) or not isinstance(raw_status, str)
+            or not _RAW_STATUS_RE.fullmatch(raw_status) or not isinstance(contract_type, str)):
+        return None
+    base, quote = split_canonical(pair)
+    name, dated, _ = native.upper().partition("_")
+    if name != base + quote:
+        return None  # the name and its parts disagree: trust neither
+    if contract_type:
+        market = "perp" if contract_type in PERPETUAL_TYPES else "future"
+    else:
+        # not listed yet: Binance leaves contractType empty; a dated one is PAIR_YYMMDD
+        market = "future" if dated else "perp"
+    return InstrumentInfo(
+        native_symbol=native, symbol=pair, base=base, quote=quote, market=market,
+        status=FUTURES_STATUS_MAP.get(raw_status, UNKNOWN_STATUS), raw_status=raw_status,
+        url=FUTURES_PAGE.format(native=native),
+    )
+
+
+#: USDⓈ-M quote assets, longest first; a ``!contractInfo`` push names only the pair (``ps``),
+#: so its base/quote come from the quote suffix
+FUTURES_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "BTC", "ETH", "BNB")
+
+
+def split_futures_pair(pair: Any) -> str | None:
+    """``BTCUSDT`` -> ``BTC-USDT`` by a known quote suffix; None when no known quote ends it."""
+    if not isinstance(pair, str) or not 2 <= len(pair) <= 40:
+        return None
+    for quote in FUTURES_QUOTES:
+        if pair.endswith(quote) and len(pair) > len(quote):
+            return canonical(pair[:-len(quote)], quote)
+    return None
+
+
+class BinanceContractInfoFeed(WsFeed):
+    """USDⓈ-M ``!contractInfo``: pushed when a contract is listed, changes status (settlement,
+    delivery) or its brackets change (docs: "Contract Info Stream"; research A.2). On the
+    ``/market`` route since the 2026 URL split. One frame = one contract:
+    ``{"e":"contractInfo","E":..,"s":"IOTAUSDT","ps":"IOTAUSDT","ct":"PERPETUAL","dt":..,"ot":..,
+    "cs":"TRADING","bks":[..]}``. ``bks`` (bracket) updates repeat an unchanged status: the
+    publisher's state makes those no-ops. Event-driven, so quiet for hours: liveness by ping/pong.
+    """
+
+    name = "binance"
+    label = "contractInfo"
+    default_ws_base = "wss://fstream.binance.com"
+    # Binance pings every 3 min and wants a pong within 10; our own ping every 60 s proves the
+    # connection (unsolicited pings are allowed; 10 incoming msgs/s per connection)
+    keepalive = KeepAlive(server_pings=True, client_ping=False, interval=60.0)
+    quiet = True
+    max_streams_per_connection = 1024
+    max_send_rate = 10.0
+    max_connection_lifetime = 24 * 3600.0
+    STREAM = "!contractInfo"
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return f"{self.default_ws_base}/market/ws/{'/'.join(streams)}"
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        if not isinstance(raw, str):
+            return _GARBAGE
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _GARBAGE
+        if type(msg) is not dict:
+            return _GARBAGE
+        if type(msg.get("data")) is dict and "stream" in msg:
+            msg = msg["data"]
+        e = msg.get("e")
+        if e == "contractInfo":
+            return self._contract(msg)
+        if e == "serverShutdown":
+            return _SHUTDOWN
+        if "id" in msg and "result" in msg:
+            return _IGNORED
+        if "code" in msg and "msg" in msg:
+            return ParseResult(error=_error_text(msg))
+        return _IGNORED_DATA if isinstance(e, str) else _GARBAGE
+
+    @staticmethod
+    def _contract(d: dict) -> ParseResult:
+        if d.get("st", 1) != 1:
+            return _IGNORED_DATA  # a COIN-M contract on a mixed stream (2026 "st" = 2): not ours
+        pair = split_futures_pair(d.get("ps"))
+        info = futures_info(d.get("s"), pair, d.get("cs"), d.get("ct", "")) if pair is not None else None
+        if info is None:
+            return _REJECTED
+        return ParseResult(data=True, instruments=[info])
 
 
 class BinanceSpot(ExchangeAdapter):
@@ -208,29 +302,11 @@ class BinanceSpot(ExchangeAdapter):
     def _futures_instrument(self, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
             return None
-        native = row.get("symbol")
-        raw_status = row.get("status", row.get("contractStatus"))
-        contract_type = row.get("contractType", "")
-        if (not is_safe_native_symbol(native) or not isinstance(raw_status, str)
-                or not _RAW_STATUS_RE.fullmatch(raw_status) or not isinstance(contract_type, str)):
-            return None
         pair = canonical(row.get("baseAsset"), row.get("quoteAsset"))
         if pair is None:
             return None
-        base, quote = split_canonical(pair)
-        name, dated, _ = native.upper().partition("_")
-        if name != base + quote:
-            return None  # the name and its parts disagree: trust neither
-        if contract_type:
-            market = "perp" if contract_type in PERPETUAL_TYPES else "future"
-        else:
-            # not listed yet: Binance leaves contractType empty; a dated one is PAIR_YYMMDD
-            market = "future" if dated else "perp"
-        return InstrumentInfo(
-            native_symbol=native, symbol=pair, base=base, quote=quote, market=market,
-            status=FUTURES_STATUS_MAP.get(raw_status, UNKNOWN_STATUS), raw_status=raw_status,
-            url=FUTURES_PAGE.format(native=native),
-        )
+        return futures_info(row.get("symbol"), pair, row.get("status", row.get("contractStatus")),
+                            row.get("contractType", ""))
 
     def _instrument(self, market: str, row: Any) -> InstrumentInfo | None:
         if not isinstance(row, dict):
@@ -265,6 +341,9 @@ class Binance(BinanceSpot):
 
     def instruments_requests(self) -> list[InstrumentsRequest]:
         return [*super().instruments_requests(), self.futures_instruments_request()]
+
+    def listing_feeds(self) -> list[tuple[WsFeed, list[str]]]:
+        return [(BinanceContractInfoFeed(), [BinanceContractInfoFeed.STREAM])]
 
 
 def _error_text(msg: dict) -> str:

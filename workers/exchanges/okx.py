@@ -21,14 +21,16 @@ Rate limit: 20 requests / 2 s per IP and instType; 429 or code 50011 when exceed
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
+
+import orjson
 
 from shared.events import HALTED, PRE_TRADING, TRADING, InstrumentInfo
 from shared.symbols import canonical, is_safe_native_symbol, split_canonical
 
 from .base import (
-    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest,
-    collect_instruments,
+    ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, KeepAlive, ParseResult,
+    WsFeed, collect_instruments, short_repr,
 )
 
 STATUS_MAP = {
@@ -54,6 +56,70 @@ TRADE_PAGES = {
 }
 
 
+#: OKX instType -> our market (the push channel's ``arg.instType`` names the rows' market)
+MARKET_OF_INST_TYPE = {v: k for k, v in INST_TYPES.items()}
+
+_IGNORED = ParseResult()
+_PONG = ParseResult()
+_GARBAGE = ParseResult(parse_errors=1)
+_ROTATE = ParseResult(rotate=True)
+
+
+class OkxInstrumentsFeed(WsFeed):
+    """The public ``instruments`` channel (research A.3): the full list of an instType right after
+    subscribing, then a push whenever an instrument is added or changes state (preopen -> live,
+    suspend ...). Rows have the REST shape. Each push is handled as a partial update (an instrument
+    missing from a push says nothing), so only the poll can conclude a delisting.
+
+    Keep-alive: OKX closes a connection that receives nothing for 30 s; a text ``ping`` every 20 s
+    gets a text ``pong`` back, which keeps it open and feeds the stale watchdog."""
+
+    name = "okx"
+    label = "instruments"
+    default_ws_base = "wss://ws.okx.com:8443"
+    keepalive = KeepAlive(server_pings=False, client_ping=True, interval=20.0, text_ping="ping")
+    max_streams_per_connection = 16
+    # 480 subscribe/unsubscribe ops per hour per connection; pings are not counted
+    max_send_rate = 3.0
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return f"{self.default_ws_base}/ws/v5/public"
+
+    def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
+        args = [{"channel": "instruments", "instType": t} for t in streams]
+        return [orjson.dumps({"op": "subscribe", "args": args}).decode()]
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        if raw == "pong":
+            return _PONG
+        if not isinstance(raw, str):
+            return _GARBAGE
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _GARBAGE
+        if type(msg) is not dict:
+            return _GARBAGE
+        event = msg.get("event")
+        if event is not None:
+            if event in ("subscribe", "unsubscribe", "channel-conn-count"):
+                return _IGNORED
+            if event == "notice":
+                return _ROTATE  # 64008: service upgrade, this connection closes in ~30-60 s
+            if event == "error":
+                return ParseResult(error=f"okx error {short_repr(msg.get('code'))}: {short_repr(msg.get('msg'))}")
+            return _IGNORED
+        arg, data = msg.get("arg"), msg.get("data")
+        if type(arg) is not dict or arg.get("channel") != "instruments" or type(data) is not list:
+            return _GARBAGE
+        inst_type = arg.get("instType")
+        market = MARKET_OF_INST_TYPE.get(inst_type) if isinstance(inst_type, str) else None
+        if market is None:
+            return ParseResult(data=True)  # an instType we do not track (MARGIN, OPTION ...)
+        got = collect_instruments(data, lambda row: _instrument(market, inst_type, row))
+        return ParseResult(data=True, instruments=list(got), rejected=got.rejected)
+
+
 class Okx(ExchangeAdapter):
     name = "okx"
     market = "spot"
@@ -63,6 +129,9 @@ class Okx(ExchangeAdapter):
     supports_trades = False
 
     INSTRUMENTS_PATH = "/api/v5/public/instruments"
+
+    def listing_feeds(self) -> list[tuple[WsFeed, list[str]]]:
+        return [(OkxInstrumentsFeed(), list(INST_TYPES.values()))]
 
     def instruments_requests(self) -> list[InstrumentsRequest]:
         return [

@@ -1,6 +1,6 @@
-"""WebSocket connection manager, written once for every exchange adapter.
+"""WebSocket connection manager, written once for every exchange feed (adapter or extra channel).
 
-The adapter's streams are sharded over connections (at most ``min(adapter limit,
+The feed's streams are sharded over connections (at most ``min(adapter limit,
 max_streams_per_connection)`` each). Each shard keeps one live connection:
 
 - aiohttp ``ws_connect`` with a ``max_msg_size`` limit and autoping (server pings are answered
@@ -12,6 +12,9 @@ max_streams_per_connection)`` each). Each shard keeps one live connection:
 - reconnect with :class:`shared.backoff.Backoff` (``reconnect_initial`` .. ``reconnect_max``,
   jitter), reset once a connection has delivered data for ``stable_after`` seconds;
 - stale watchdog: no message at all for ``stale_timeout`` -> close and reconnect (``ws_stale``);
+  a *quiet* feed (listing pushes: silent for hours) is watched by protocol ping/pong instead
+  (aiohttp heartbeat: a pong missing for half the interval closes the connection);
+- instruments a listing push frame carries go to ``instruments_sink`` (partial updates);
 - rotation before ``max_connection_age`` and on a server shutdown notice, *with overlap*: the new
   connection is opened and must deliver its first data (bounded wait) before the old one is
   closed. Duplicates during the overlap are expected; the publisher dedups on trade id;
@@ -35,13 +38,16 @@ from shared.events import WireEvent
 from shared.logutil import LogLimiter
 from shared.ratelimit import TokenBucket
 from shared.settings import ExchangeSettings
-from workers.exchanges.base import ExchangeAdapter, ParseResult
+from shared.events import InstrumentInfo
+from workers.exchanges.base import ParseResult, WsFeed
 
 from .urls import override_base
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[WireEvent]], None]
+#: receives the instruments a listing push frame carried, with the frame's receive time (epoch ms)
+InstrumentsSink = Callable[[list[InstrumentInfo], int], None]
 
 #: close codes aiohttp uses when a frame itself was bad (counted as parse errors)
 _BAD_FRAME_CODES = {WSCloseCode.MESSAGE_TOO_BIG, WSCloseCode.INVALID_TEXT, WSCloseCode.PROTOCOL_ERROR,
@@ -90,7 +96,7 @@ class _Shard:
         self.mgr = mgr
         self.index = index
         self.streams = streams
-        self.url = override_base(mgr.adapter.ws_url(streams), mgr.cfg.ws_url)
+        self.url = override_base(mgr.feed.ws_url(streams), mgr.cfg.ws_url)
         self.backoff = Backoff(mgr.cfg.reconnect_initial, mgr.cfg.reconnect_max)
         self.current: _Conn | None = None
         self.state = "connecting"
@@ -100,7 +106,8 @@ class _Shard:
 
     @property
     def label(self) -> str:
-        return f"{self.mgr.adapter.name} ws#{self.index}"
+        feed = self.mgr.feed
+        return f"{feed.name} ws#{self.index}" if feed.label == "trades" else f"{feed.name} {feed.label} ws#{self.index}"
 
 
 async def _yield_to_loop() -> None:
@@ -112,10 +119,11 @@ class WsManager:
 
     def __init__(
         self,
-        adapter: ExchangeAdapter,
+        feed: WsFeed,
         cfg: ExchangeSettings,
         sink: Sink,
         *,
+        instruments_sink: InstrumentsSink | None = None,
         stable_after: float = 60.0,
         max_msg_size: int = 4 * 1024 * 1024,
         overlap_timeout: float = 10.0,
@@ -124,7 +132,8 @@ class WsManager:
         backpressure: Callable[[], Awaitable[None]] | None = None,
         yield_every: int = 64,
     ) -> None:
-        self.adapter = adapter
+        self.feed = feed
+        self.instruments_sink = instruments_sink
         # awaited every `yield_every` messages: lets other tasks run while frames arrive back to
         # back (aiohttp returns buffered frames without yielding), and lets a full channel slow
         # the reading down (TCP backpressure) before anything is dropped
@@ -137,8 +146,8 @@ class WsManager:
         self.overlap_timeout = overlap_timeout
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
-        self.per_connection = max(1, min(adapter.max_streams_per_connection, cfg.max_streams_per_connection))
-        self.send_rate = min(cfg.ws_send_rate, adapter.max_send_rate) if adapter.max_send_rate > 0 \
+        self.per_connection = max(1, min(feed.max_streams_per_connection, cfg.max_streams_per_connection))
+        self.send_rate = min(cfg.ws_send_rate, feed.max_send_rate) if feed.max_send_rate > 0 \
             else cfg.ws_send_rate
         self.shards: list[_Shard] = []
         self._conns: set[_Conn] = set()
@@ -168,7 +177,7 @@ class WsManager:
         self._session = aiohttp.ClientSession()
         for shard in self.shards:
             shard.task = asyncio.create_task(self._run_shard(shard), name=shard.label)
-        log.info("%s: %d streams over %d connection(s)", self.adapter.name, len(streams), len(self.shards))
+        log.info("%s: %d streams over %d connection(s)", self.feed.name, len(streams), len(self.shards))
 
     async def stop(self) -> None:
         """Stop reading (no new data accepted), close every connection."""
@@ -197,6 +206,8 @@ class WsManager:
         return "connecting"
 
     def is_stale(self) -> bool:
+        if self.feed.quiet:
+            return False
         now = time.monotonic()
         return any(now - s.last_msg > self.cfg.stale_timeout for s in self.shards)
 
@@ -265,8 +276,10 @@ class WsManager:
 
     async def _supervise(self, shard: _Shard) -> str:
         """Watch the shard's current connection; return why it must be replaced (no overlap)."""
-        stale_timeout = self.cfg.stale_timeout
-        tick = max(0.01, min(1.0, stale_timeout / 4))
+        # a quiet feed may legitimately say nothing for hours: its liveness is aiohttp's
+        # protocol ping/pong heartbeat (a missing pong closes the connection), not data
+        stale_timeout = float("inf") if self.feed.quiet else self.cfg.stale_timeout
+        tick = max(0.01, min(1.0, self.cfg.stale_timeout / 4))
         backoff_reset = False
         while True:
             conn = shard.current
@@ -348,24 +361,25 @@ class WsManager:
         assert self._session is not None
         ws = await asyncio.wait_for(
             self._session.ws_connect(
-                shard.url, autoping=True, heartbeat=None, max_msg_size=self.max_msg_size,
+                shard.url, autoping=True, heartbeat=self.feed.keepalive.interval if self.feed.quiet else None,
+                max_msg_size=self.max_msg_size,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout),
             ),
             self.connect_timeout,
         )
         self._conn_seq += 1
         age = self.cfg.max_connection_age
-        if self.adapter.max_connection_lifetime:
-            age = min(age, self.adapter.max_connection_lifetime * 0.98)
+        if self.feed.max_connection_lifetime:
+            age = min(age, self.feed.max_connection_lifetime * 0.98)
         # spread rotations of several shards so they do not all reconnect at once
         age *= random.uniform(0.95, 1.0)
         conn = _Conn(ws, shard, age, self.send_rate, self._conn_seq)
         self._conns.add(conn)
-        for msg in self.adapter.subscribe_messages(shard.streams):
+        for msg in self.feed.subscribe_messages(shard.streams):
             conn.enqueue(msg)
         conn.tasks.append(asyncio.create_task(self._reader(conn), name=f"{shard.label}-read"))
         conn.tasks.append(asyncio.create_task(self._writer(conn), name=f"{shard.label}-write"))
-        if self.adapter.keepalive.client_ping:
+        if self.feed.keepalive.client_ping and not self.feed.quiet:
             conn.tasks.append(asyncio.create_task(self._pinger(conn), name=f"{shard.label}-ping"))
         log.info("%s: connected (%d streams)", shard.label, len(shard.streams))
         return conn
@@ -384,7 +398,7 @@ class WsManager:
     async def _reader(self, conn: _Conn) -> None:
         ws = conn.ws
         shard = conn.shard
-        parse = self.adapter.parse_ws_message
+        parse = self.feed.parse_ws_message
         sink = self.sink
         TEXT, BINARY, ERROR = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.ERROR
         backpressure, yield_every, since_yield = self.backpressure, self.yield_every, 0
@@ -416,6 +430,8 @@ class WsManager:
                         self.last_message_at = rx_ms
                         if not conn.got_data.is_set():
                             conn.got_data.set()
+                    if res.instruments and self.instruments_sink is not None:
+                        self.instruments_sink(res.instruments, rx_ms)
                     if res.parse_errors or res.rejected or res.error or res.rotate or res.replies:
                         self._handle_flags(conn, res)
                 elif mtype is ERROR:
@@ -476,7 +492,7 @@ class WsManager:
                 return
 
     async def _pinger(self, conn: _Conn) -> None:
-        ka = self.adapter.keepalive
+        ka = self.feed.keepalive
         while True:
             await asyncio.sleep(ka.interval)
             if ka.text_ping is not None:

@@ -1,0 +1,614 @@
+"""Binance spot + USDⓈ-M futures market data: pure WebSocket/REST parsers and name/URL builders.
+
+Why a separate module: :mod:`workers.exchanges.binance` is the trades/listings adapter; this
+module turns every other public channel into the normalized types of :mod:`shared.marketdata`
+(and :class:`BookMsg` for the book engine), without state, I/O or time.
+
+Wire facts relied on (fixtures/ws/SOURCES.md sections 1-2, research/exchange-quirks.md A.1-A.2):
+- combined streams wrap payloads in ``{"stream","data"}``; ``/ws/<stream>`` sends them bare.
+- spot partial depth ``<s>@depth<N>`` is ``{lastUpdateId,bids,asks}`` with no symbol and no time:
+  the symbol only lives in the stream name. On futures it is a ``depthUpdate`` with ``U/u/pu``.
+- spot ``bookTicker`` has no ``e``; futures has ``e/E/T``.
+- futures ``@trade`` with ``X`` != MARKET (insurance fund, ADL) is not a market trade.
+- 2026 frames add ``st``, ``ps``, ``nq``, ``ap`` (futures): ignored.
+- USD-M is routed: ``/public`` (depth, bookTicker) and ``/market`` (everything else).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import orjson
+
+from shared.marketdata import (
+    Bbo, BookMsg, Funding, Kline, Level, Liquidation, LongShortRatio, OpenInterest, Ticker, Trade,
+)
+from shared.symbols import is_safe_native_symbol
+
+from .base import ParseResult
+
+EXCHANGE = "binance"
+
+SPOT_WS_BASE = "wss://stream.binance.com:9443"
+USDM_WS_BASE = "wss://fstream.binance.com"
+SPOT_REST_BASE = "https://api.binance.com"
+USDM_REST_BASE = "https://fapi.binance.com"
+
+#: native symbol -> (canonical BASE-QUOTE, market) for one connection
+Symbols = Mapping[str, tuple[str, str]]
+
+# Shared read-only results (the transport never mutates a ParseResult).
+_IGNORED = ParseResult()
+_IGNORED_DATA = ParseResult(data=True)
+_GARBAGE = ParseResult(parse_errors=1)
+_MALFORMED = ParseResult(data=True, parse_errors=1)
+_REJECTED = ParseResult(data=True, rejected=1)
+_SHUTDOWN = ParseResult(rotate=True)
+
+_MAX_STREAM_NAME = 200
+#: ``btcusdt@depth20@100ms`` / ``ethusdt@depth5``: a top-N book, not a diff
+_PARTIAL_DEPTH_RE = re.compile(r"@depth(?:5|10|20)(?:@\d{1,4}ms)?\Z")
+#: kline intervals Binance offers (spot adds 1s); anything else never reaches a stream key
+KLINE_INTERVALS = frozenset({"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h",
+                             "1d", "3d", "1w", "1M"})
+#: periods of the /futures/data statistics endpoints
+STAT_PERIODS = frozenset({"5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d"})
+
+
+# ---------------------------------------------------------------- small validators
+
+def _udec(v: Any) -> bool:
+    """An unsigned plain decimal string as Binance sends prices and quantities."""
+    return (type(v) is str and 0 < len(v) <= 64 and v.isascii() and v[0] != "." and v[-1] != "."
+            and v.replace(".", "", 1).isdigit())
+
+
+def _sdec(v: Any) -> bool:
+    """A decimal that may be negative (funding rate, price change)."""
+    return type(v) is str and _udec(v[1:] if v[:1] == "-" else v)
+
+
+def _ts(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _levels(raw: Any) -> list[Level] | None:
+    """``[["price","qty"], ...]`` -> list of (price, qty); None if any entry is malformed."""
+    if type(raw) is not list:
+        return None
+    out: list[Level] = []
+    for lv in raw:
+        # (older frames carried a third, ignored element)
+        if type(lv) is not list or len(lv) < 2 or not _udec(lv[0]) or not _udec(lv[1]):
+            return None
+        out.append((lv[0], lv[1]))
+    return out
+
+
+def _error_text(msg: dict) -> str:
+    code, text = msg.get("code"), msg.get("msg")
+    text = text[:200] if isinstance(text, str) else repr(text)[:200]
+    return f"binance error {code if type(code) is int else '?'}: {text}"
+
+
+def _merge(results: list[ParseResult]) -> ParseResult:
+    out = ParseResult(data=True)
+    for r in results:
+        out.events.extend(r.events)
+        out.books.extend(r.books)
+        out.rejected += r.rejected
+        out.parse_errors += r.parse_errors
+        out.rotate = out.rotate or r.rotate
+    return out
+
+
+def _loads(raw: Any) -> tuple[bool, Any]:
+    """(ok, value): text/bytes are decoded, anything else is taken as already parsed."""
+    if isinstance(raw, (str, bytes, bytearray, memoryview)):
+        try:
+            return True, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return False, None
+    return True, raw
+
+
+# ---------------------------------------------------------------- WebSocket
+
+def parse_message(raw: str | bytes, symbols: Symbols, rx_ns: int, rx_ms: int, *,
+                  stream: str | None = None) -> ParseResult:
+    """Pure: one Binance market-data frame -> normalized events / book messages.
+
+    ``symbols`` maps native (``BTCUSDT``) -> (canonical, market); the market (spot | perp)
+    is the connection's. ``stream`` names the stream of a raw ``/ws/<stream>`` connection
+    (needed only for the symbol-less spot partial depth); combined frames carry their own.
+    """
+    if not isinstance(raw, (str, bytes, bytearray, memoryview)):
+        return _GARBAGE
+    ok, msg = _loads(raw)
+    if not ok:
+        return _GARBAGE
+    if type(msg) is dict:
+        if "stream" in msg and "data" in msg:
+            name = msg["stream"]
+            if type(name) is not str or len(name) > _MAX_STREAM_NAME:
+                return _MALFORMED
+            return _payload(msg["data"], name, symbols, rx_ns, rx_ms)
+        if "e" in msg or "lastUpdateId" in msg or ("u" in msg and "s" in msg):
+            return _payload(msg, stream, symbols, rx_ns, rx_ms)
+        if "id" in msg and "result" in msg:
+            return _IGNORED  # SUBSCRIBE ack / LIST_SUBSCRIPTIONS reply
+        if "code" in msg and "msg" in msg:
+            return ParseResult(error=_error_text(msg))
+        return _GARBAGE
+    if type(msg) is list:  # bare all-market array (``/ws/!markPrice@arr``)
+        return _payload(msg, stream, symbols, rx_ns, rx_ms)
+    return _GARBAGE
+
+
+def _payload(data: Any, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    if type(data) is dict:
+        return _one(data, stream, symbols, rx_ns, rx_ms)
+    if type(data) is list:  # ``!markPrice@arr``, ``!ticker@arr``: one object per symbol
+        return _merge([_one(d, stream, symbols, rx_ns, rx_ms) if type(d) is dict else _MALFORMED
+                       for d in data])
+    return _MALFORMED
+
+
+def _one(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    e = d.get("e")
+    handler = _HANDLERS.get(e) if type(e) is str else None
+    if handler is not None:
+        return handler(d, stream, symbols, rx_ns, rx_ms)
+    if e is None:
+        if "lastUpdateId" in d:
+            return _spot_partial_depth(d, stream, symbols, rx_ns, rx_ms)
+        if "u" in d and "b" in d and "a" in d:
+            return _book_ticker(d, stream, symbols, rx_ns, rx_ms)
+        return _MALFORMED
+    if e == "serverShutdown":
+        return _SHUTDOWN
+    # another event type (miniTicker, contractInfo, ...): market data we do not normalize
+    return _IGNORED_DATA if type(e) is str else _MALFORMED
+
+
+def _entry(symbols: Symbols, native: Any) -> tuple[str, str] | None | bool:
+    """(canonical, market); None = unknown (reject); False = not even a string (malformed)."""
+    if type(native) is not str:
+        return False
+    return symbols.get(native)
+
+
+def _trade(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int, *,
+           agg: bool = False) -> ParseResult:
+    native = d.get("s")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    x = d.get("X")
+    if x is not None and x != "MARKET":
+        return _IGNORED_DATA  # futures insurance-fund / ADL fill: not a market trade
+    tid = d.get("a" if agg else "t")
+    price, qty, ts, maker = d.get("p"), d.get("q"), d.get("T"), d.get("m")
+    if type(tid) is not int or not _ts(ts) or type(maker) is not bool or not _udec(price) or not _udec(qty):
+        return _MALFORMED
+    symbol, market = entry
+    trade = Trade(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
+                  trade_id=str(tid), price=price, qty=qty,
+                  side="sell" if maker else "buy",  # m = buyer is maker, so the taker sold
+                  ts_exchange=ts, ts_receive=rx_ms)
+    return ParseResult(events=[trade.to_wire(rx_ns)], data=True)
+
+
+def _agg_trade(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    return _trade(d, stream, symbols, rx_ns, rx_ms, agg=True)
+
+
+def _event_ts(d: dict) -> int:
+    """Transaction time ``T`` where sent (futures), else event time ``E``, else 0."""
+    t = d.get("T")
+    if _ts(t):
+        return t
+    e = d.get("E")
+    return e if _ts(e) else 0
+
+
+def _depth_update(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    native = d.get("s")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    symbol, market = entry
+    first, last, pu = d.get("U"), d.get("u"), d.get("pu")
+    bids, asks = _levels(d.get("b")), _levels(d.get("a"))
+    partial = stream is not None and _PARTIAL_DEPTH_RE.search(stream) is not None
+    if type(first) is not int or type(last) is not int or bids is None or asks is None:
+        return _MALFORMED
+    if pu is not None and type(pu) is not int:
+        return _MALFORMED
+    if market != "spot" and pu is None:
+        return _MALFORMED  # a futures diff cannot be chained without pu
+    book = BookMsg(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
+                   snapshot=partial, seq=last, bids=bids, asks=asks, ts_exchange=_event_ts(d),
+                   ts_receive=rx_ms, prev_seq=pu if market != "spot" else None, first_seq=first)
+    return ParseResult(books=[book], data=True)
+
+
+def _spot_partial_depth(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    if stream is None:
+        return _MALFORMED  # no symbol anywhere: cannot be attributed
+    prefix = stream.partition("@")[0]
+    if not prefix.isascii():
+        return _REJECTED
+    native = prefix.upper()
+    entry = symbols.get(native)
+    if entry is None:
+        return _REJECTED
+    seq = d.get("lastUpdateId")
+    bids, asks = _levels(d.get("bids")), _levels(d.get("asks"))
+    if type(seq) is not int or bids is None or asks is None:
+        return _MALFORMED
+    symbol, market = entry
+    book = BookMsg(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, snapshot=True,
+                   seq=seq, bids=bids, asks=asks, ts_exchange=0, ts_receive=rx_ms)
+    return ParseResult(books=[book], data=True)
+
+
+def _book_ticker(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    native = d.get("s")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    u, b, bq, a, aq = d.get("u"), d.get("b"), d.get("B"), d.get("a"), d.get("A")
+    if type(u) is not int or not (_udec(b) and _udec(bq) and _udec(a) and _udec(aq)):
+        return _MALFORMED
+    symbol, market = entry
+    ev = Bbo(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
+             ts_exchange=_event_ts(d), ts_receive=rx_ms,
+             bid_price=b, bid_qty=bq, ask_price=a, ask_qty=aq, update_id=u)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+def _kline(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    k = d.get("k")
+    if type(k) is not dict:
+        return _MALFORMED
+    native = d.get("s", k.get("s"))
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    interval, t0, t1, n, closed, ts = k.get("i"), k.get("t"), k.get("T"), k.get("n"), k.get("x"), d.get("E")
+    o, h, lo, c, v, q = k.get("o"), k.get("h"), k.get("l"), k.get("c"), k.get("v"), k.get("q")
+    if (interval not in KLINE_INTERVALS or not _ts(t0) or not _ts(t1) or type(n) is not int
+            or type(closed) is not bool or not _ts(ts)
+            or not all(_udec(x) for x in (o, h, lo, c, v, q))):
+        return _MALFORMED
+    symbol, market = entry
+    ev = Kline(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, ts_exchange=ts,
+               ts_receive=rx_ms, interval=interval, open_time=t0, close_time=t1, open=o, high=h, low=lo,
+               close=c, volume=v, quote_volume=q, trades=n, closed=closed)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+def _opt(d: dict, key: str) -> str | None:
+    """An optional unsigned decimal: "" when absent, None when present but malformed."""
+    v = d.get(key)
+    if v is None:
+        return ""
+    return v if _udec(v) else None
+
+
+def _ticker(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    native = d.get("s")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    ts = d.get("E")
+    c, o, h, lo, v, q, pct = d.get("c"), d.get("o"), d.get("h"), d.get("l"), d.get("v"), d.get("q"), d.get("P")
+    # futures 24hrTicker has no best bid/ask
+    bid, bid_q, ask, ask_q = _opt(d, "b"), _opt(d, "B"), _opt(d, "a"), _opt(d, "A")
+    if (not _ts(ts) or not all(_udec(x) for x in (c, o, h, lo, v, q)) or not _sdec(pct)
+            or None in (bid, bid_q, ask, ask_q)):
+        return _MALFORMED
+    symbol, market = entry
+    ev = Ticker(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, ts_exchange=ts,
+                ts_receive=rx_ms, last=c, open=o, high=h, low=lo, volume=v, quote_volume=q, change_pct=pct,
+                bid_price=bid, bid_qty=bid_q, ask_price=ask, ask_qty=ask_q)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+def _mark_price(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    native = d.get("s")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    ts, mark, index, rate, nxt = d.get("E"), d.get("p"), d.get("i", ""), d.get("r"), d.get("T")
+    # dated contracts send r "" and T 0
+    if (not _ts(ts) or not _ts(nxt) or not _udec(mark) or not (index == "" or _udec(index))
+            or not (rate == "" or _sdec(rate))):
+        return _MALFORMED
+    symbol, market = entry
+    ev = Funding(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, ts_exchange=ts,
+                 ts_receive=rx_ms, funding_rate=rate, next_funding_time=nxt, mark_price=mark, index_price=index)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+def _force_order(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    o = d.get("o")
+    if type(o) is not dict:
+        return _MALFORMED
+    native = o.get("s")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    side, price, qty = o.get("S"), o.get("p"), o.get("q")
+    ts = o.get("T", d.get("E"))
+    if side not in ("BUY", "SELL") or not _udec(price) or not _udec(qty) or not _ts(ts):
+        return _MALFORMED
+    symbol, market = entry
+    ev = Liquidation(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, ts_exchange=ts,
+                     ts_receive=rx_ms, side=side.lower(),
+                     # the liquidation order sells when a long is closed
+                     position_side="long" if side == "SELL" else "short",
+                     price=price, qty=qty,
+                     sampled=True)  # only the latest liquidation per symbol per second is pushed
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+_Handler = Callable[[dict, "str | None", Symbols, int, int], ParseResult]
+_HANDLERS: dict[str, _Handler] = {
+    "trade": _trade,
+    "aggTrade": _agg_trade,
+    "depthUpdate": _depth_update,
+    "bookTicker": _book_ticker,
+    "kline": _kline,
+    "24hrTicker": _ticker,
+    "markPriceUpdate": _mark_price,
+    "forceOrder": _force_order,
+}
+
+
+# ---------------------------------------------------------------- REST parsers
+
+def parse_depth_snapshot(body: Any, native: str, symbols: Symbols, rx_ms: int) -> ParseResult:
+    """``/api/v3/depth`` or ``/fapi/v1/depth`` body (parsed or raw) for ``native`` -> a snapshot
+    :class:`BookMsg` with ``seq = lastUpdateId`` (the body names no symbol; the request did)."""
+    entry = symbols.get(native) if type(native) is str else None
+    if entry is None:
+        return _REJECTED
+    ok, body = _loads(body)
+    if not ok or type(body) is not dict:
+        return _MALFORMED
+    if "code" in body and "msg" in body:
+        return ParseResult(error=_error_text(body))
+    seq = body.get("lastUpdateId")
+    bids, asks = _levels(body.get("bids")), _levels(body.get("asks"))
+    if type(seq) is not int or bids is None or asks is None:
+        return _MALFORMED
+    symbol, market = entry
+    book = BookMsg(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, snapshot=True,
+                   seq=seq, bids=bids, asks=asks, ts_exchange=_event_ts(body), ts_receive=rx_ms)
+    return ParseResult(books=[book], data=True)
+
+
+def parse_open_interest(body: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    """``/fapi/v1/openInterest`` -> :class:`OpenInterest` (contracts = base units on USD-M)."""
+    ok, body = _loads(body)
+    if not ok or type(body) is not dict:
+        return _MALFORMED
+    if "code" in body and "msg" in body:
+        return ParseResult(error=_error_text(body))
+    native = body.get("symbol")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    oi, ts = body.get("openInterest"), body.get("time")
+    if not _udec(oi) or not _ts(ts):
+        return _MALFORMED
+    symbol, market = entry
+    ev = OpenInterest(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, ts_exchange=ts,
+                      ts_receive=rx_ms, open_interest=oi)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+#: LongShortRatio.kind -> /futures/data endpoint
+LONG_SHORT_PATHS = {
+    "top_position": "/futures/data/topLongShortPositionRatio",
+    "top_account": "/futures/data/topLongShortAccountRatio",
+    "global_account": "/futures/data/globalLongShortAccountRatio",
+}
+
+
+def _stat_ts(v: Any) -> int | None:
+    """The statistics ``timestamp``: a digit string in the docs, an int in live bodies."""
+    if _ts(v):
+        return v
+    if type(v) is str and 0 < len(v) <= 20 and v.isascii() and v.isdigit():
+        return int(v)
+    return None
+
+
+def parse_long_short_ratio(body: Any, kind: str, period: str, symbols: Symbols, rx_ns: int,
+                           rx_ms: int) -> ParseResult:
+    """A ``/futures/data/*LongShort*Ratio`` body (list of samples) -> :class:`LongShortRatio` each.
+
+    ``kind`` (top_position | top_account | global_account) and ``period`` are the request's."""
+    if kind not in LONG_SHORT_PATHS or period not in STAT_PERIODS:
+        raise ValueError(f"bad long/short kind or period: {kind!r} {period!r}")
+    ok, body = _loads(body)
+    if not ok:
+        return _MALFORMED
+    if type(body) is dict and "code" in body and "msg" in body:
+        return ParseResult(error=_error_text(body))
+    if type(body) is not list:
+        return _MALFORMED
+    out = ParseResult(data=True)
+    for row in body:
+        if type(row) is not dict:
+            out.parse_errors += 1
+            continue
+        native = row.get("symbol")
+        entry = _entry(symbols, native)
+        if entry is None:
+            out.rejected += 1
+            continue
+        ratio = row.get("longShortRatio")
+        # COIN-M position ratios say longPosition/shortPosition
+        long_pct = row.get("longAccount", row.get("longPosition"))
+        short_pct = row.get("shortAccount", row.get("shortPosition"))
+        ts = _stat_ts(row.get("timestamp"))
+        if entry is False or ts is None or not all(_udec(x) for x in (ratio, long_pct, short_pct)):
+            out.parse_errors += 1
+            continue
+        symbol, market = entry
+        ev = LongShortRatio(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
+                            ts_exchange=ts, ts_receive=rx_ms, kind=kind, period=period, ratio=ratio,
+                            long_pct=long_pct, short_pct=short_pct)
+        out.events.append(ev.to_wire(rx_ns))
+    return out
+
+
+# ---------------------------------------------------------------- builders
+
+#: channel -> stream-name suffix (``{native_lower}{suffix}``)
+_STREAM_SUFFIX = {
+    "trade": "@trade",
+    "aggTrade": "@aggTrade",
+    "depth": "@depth@100ms",
+    "bookTicker": "@bookTicker",
+    "ticker": "@ticker",
+    "markPrice": "@markPrice@1s",
+    "forceOrder": "@forceOrder",
+}
+CHANNELS = (*_STREAM_SUFFIX, "kline", "depth_partial")
+
+
+def stream_name(native: str, channel: str, *, interval: str = "1m", levels: int = 20) -> str:
+    """The stream of ``channel`` for one symbol: ``btcusdt@trade``, ``btcusdt@kline_1m``,
+    ``btcusdt@depth20@100ms`` (``depth_partial``). Raises ValueError on a bad argument."""
+    if not is_safe_native_symbol(native) or "@" in native:
+        raise ValueError(f"unsafe native symbol {native[:40]!r}")
+    low = native.lower()
+    if channel == "kline":
+        if interval not in KLINE_INTERVALS:
+            raise ValueError(f"unknown kline interval {interval!r}")
+        return f"{low}@kline_{interval}"
+    if channel == "depth_partial":
+        if levels not in (5, 10, 20):
+            raise ValueError(f"partial depth levels must be 5, 10 or 20, not {levels!r}")
+        return f"{low}@depth{levels}@100ms"
+    suffix = _STREAM_SUFFIX.get(channel)
+    if suffix is None:
+        raise ValueError(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
+    return low + suffix
+
+
+def usdm_route(stream: str) -> str:
+    """USD-M route of a stream: ``public`` for book data (depth, bookTicker), ``market`` for the
+    rest. (The route of ``@trade`` is not documented; ``market`` is assumed.)"""
+    name, _, kind = stream.partition("@")
+    if name == "!bookTicker" or kind.startswith(("depth", "rpiDepth", "bookTicker")):
+        return "public"
+    return "market"
+
+
+def usdm_ws_url(streams: Sequence[str], base: str = USDM_WS_BASE) -> str:
+    """Combined-stream URL on the route the streams share. Mixing routes is an error: a stream
+    on the wrong route is ACKed and then silent."""
+    routes = {usdm_route(s) for s in streams}
+    if len(routes) != 1:
+        raise ValueError(f"streams must share one route, got {sorted(routes) or 'none'}")
+    return f"{base}/{routes.pop()}/stream?streams={'/'.join(streams)}"
+
+
+def usdm_ws_urls(streams: Sequence[str], base: str = USDM_WS_BASE) -> dict[str, str]:
+    """route -> combined-stream URL, one per route the streams need."""
+    by_route: dict[str, list[str]] = {}
+    for s in streams:
+        by_route.setdefault(usdm_route(s), []).append(s)
+    return {route: usdm_ws_url(group, base) for route, group in by_route.items()}
+
+
+def spot_ws_url(streams: Sequence[str], base: str = SPOT_WS_BASE) -> str:
+    if not streams:
+        raise ValueError("no streams")
+    return f"{base}/stream?streams={'/'.join(streams)}"
+
+
+class RestCall(NamedTuple):
+    """One REST request and the weight it costs against the per-IP budget."""
+
+    url: str
+    weight: int
+
+
+SPOT_DEPTH_LIMIT_MAX = 5000
+USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+
+
+def spot_depth_weight(limit: int) -> int:
+    """``/api/v3/depth``: 1-100 -> 5, 101-500 -> 25, 501-1000 -> 50, 1001-5000 -> 250."""
+    if type(limit) is not int or not 1 <= limit <= SPOT_DEPTH_LIMIT_MAX:
+        raise ValueError(f"spot depth limit must be 1..5000, not {limit!r}")
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 25
+    if limit <= 1000:
+        return 50
+    return 250
+
+
+def usdm_depth_weight(limit: int) -> int:
+    """``/fapi/v1/depth``: 5/10/20/50 -> 2, 100 -> 5, 500 -> 10, 1000 -> 20."""
+    if limit not in USDM_DEPTH_LIMITS or type(limit) is not int:
+        raise ValueError(f"futures depth limit must be one of {USDM_DEPTH_LIMITS}, not {limit!r}")
+    if limit <= 50:
+        return 2
+    return {100: 5, 500: 10, 1000: 20}[limit]
+
+
+def _check_native(native: str) -> None:
+    if not is_safe_native_symbol(native) or not native.isalnum():
+        raise ValueError(f"unsafe native symbol {str(native)[:40]!r}")
+
+
+def depth_request(native: str, market: str, limit: int = 1000) -> RestCall:
+    """The depth snapshot request of ``native`` (spot: ``/api/v3/depth``, perp: ``/fapi/v1/depth``)."""
+    _check_native(native)
+    if market == "spot":
+        return RestCall(f"{SPOT_REST_BASE}/api/v3/depth?symbol={native}&limit={limit}", spot_depth_weight(limit))
+    if market in ("perp", "future"):
+        return RestCall(f"{USDM_REST_BASE}/fapi/v1/depth?symbol={native}&limit={limit}", usdm_depth_weight(limit))
+    raise ValueError(f"unknown market {market!r}")
+
+
+def open_interest_request(native: str) -> RestCall:
+    _check_native(native)
+    return RestCall(f"{USDM_REST_BASE}/fapi/v1/openInterest?symbol={native}", 1)
+
+
+def long_short_request(native: str, kind: str, period: str, limit: int = 1) -> RestCall:
+    """A /futures/data long/short ratio request. These endpoints have their own IP limit
+    (1000 requests / 5 min); 1 weight is charged to keep them visible in the budget."""
+    _check_native(native)
+    path = LONG_SHORT_PATHS.get(kind)
+    if path is None or period not in STAT_PERIODS or type(limit) is not int or not 1 <= limit <= 500:
+        raise ValueError(f"bad long/short request: {kind!r} {period!r} {limit!r}")
+    return RestCall(f"{USDM_REST_BASE}{path}?symbol={native}&period={period}&limit={limit}", 1)

@@ -1,0 +1,405 @@
+"""Bybit v5 public market data: parsers of one category connection (spot or linear), the ticker
+merger, and subscribe / URL builders.
+
+Wire rules (fixtures/ws/SOURCES.md section 5, research/exchange-quirks.md A.4):
+- One connection per category: ``wss://stream.bybit.com/v5/public/{spot|linear|inverse|option}``.
+- Subscribe ``{"op":"subscribe","args":[topics]}``: spot takes at most 10 args per request; the
+  ``args`` of one connection total at most 21,000 characters. Keep-alive: send ``{"op":"ping"}``
+  every 20 s (the server cuts a connection after 10 min without ping or data).
+- Acks and pongs differ per category: spot ``ret_msg: "subscribe"``, linear ``ret_msg: ""``,
+  option/spread ``{"success", "conn_id", "data": {"failTopics", "successTopics"}, "type":
+  "COMMAND_RESP"}`` and pong ``{"op": "pong", "args": [ts]}``. ``success: false`` is a failure.
+- Pushes ``{"topic", "type": snapshot|delta, "ts", "data", ...}``; prices/sizes are strings,
+  timestamps integers (ms), key order differs per category (never relied on).
+- ``orderbook.{depth}.{symbol}``: snapshot then deltas (``u`` = update id, delta ``u`` = previous
+  + 1); a snapshot at any time, and any message with ``u`` == 1 (service restart), replaces the
+  book. Sequence rules are applied by the book engine, not here.
+- ``tickers.{symbol}``: linear/inverse send a snapshot then deltas holding only the changed
+  fields, so a parser object (:class:`BybitParser`, with a :class:`BybitTickerMerger`) keeps
+  the last full ticker per symbol; spot tickers are snapshots only.
+- ``allLiquidation.{symbol}``: ``S`` is the side of the liquidated POSITION (Buy = a long was
+  liquidated), so the liquidation order's side is the opposite.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping, Sequence
+
+import orjson
+
+from shared.marketdata import BookMsg, Level, Liquidation, Ticker, Trade
+
+from .base import ParseResult, short_repr
+from .okx_md import is_decimal_str, is_safe_id, ms_int, opt_decimal, seq_int
+
+EXCHANGE = "bybit"
+
+WS_BASE = "wss://stream.bybit.com/v5/public/"
+CATEGORIES = ("spot", "linear", "inverse", "option")
+#: our market -> Bybit category of a connection
+CATEGORY_OF_MARKET = {"spot": "spot", "perp": "linear"}
+
+#: the JSON keep-alive, every PING_INTERVAL seconds
+PING = '{"op":"ping"}'
+PING_INTERVAL = 20.0
+#: spot: at most 10 args per subscribe request (docs)
+SPOT_MAX_ARGS_PER_REQUEST = 10
+#: other categories: no documented cap per request; batches keep one refusal small
+MAX_ARGS_PER_REQUEST = 100
+#: total characters of the subscribed args of one connection (docs)
+MAX_ARGS_CHARS = 21_000
+ORDERBOOK_DEPTHS = {"spot": (1, 50, 200, 1000), "linear": (1, 50, 200, 1000),
+                    "inverse": (1, 50, 200, 1000), "option": (25, 100)}
+
+_IGNORED = ParseResult()
+_IGNORED_DATA = ParseResult(data=True)
+_GARBAGE = ParseResult(parse_errors=1)
+_MALFORMED_DATA = ParseResult(data=True, parse_errors=1)
+_REJECTED = ParseResult(data=True, rejected=1)
+
+SymbolMap = Mapping[str, tuple[str, str]]
+
+
+# ---- builders ----
+
+def ws_url(category: str) -> str:
+    """The public stream URL of a category (spot, linear, inverse, option)."""
+    if category not in CATEGORIES:
+        raise ValueError(f"bybit: unknown category {category!r}")
+    return WS_BASE + category
+
+
+def trade_topic(native: str) -> str:
+    return f"publicTrade.{native}"
+
+
+def orderbook_topic(native: str, depth: int = 50) -> str:
+    return f"orderbook.{depth}.{native}"
+
+
+def ticker_topic(native: str) -> str:
+    return f"tickers.{native}"
+
+
+def liquidation_topic(native: str) -> str:
+    """``allLiquidation`` (linear and inverse only); the legacy ``liquidation`` topic is superseded."""
+    return f"allLiquidation.{native}"
+
+
+def args_chars(topics: Sequence[str]) -> int:
+    """Characters ``topics`` take in a connection's args (counted as the JSON array, which is
+    at least what Bybit counts)."""
+    return len(orjson.dumps(list(topics)))
+
+
+def split_connections(topics: Sequence[str], max_chars: int = MAX_ARGS_CHARS) -> list[list[str]]:
+    """Topics grouped into connections whose args stay within ``max_chars`` each."""
+    groups: list[list[str]] = []
+    group: list[str] = []
+    size = 2
+    for topic in topics:
+        cost = len(orjson.dumps(topic)) + 1
+        if cost + 2 > max_chars:
+            raise ValueError("bybit: one topic is longer than a connection's args limit")
+        if group and size + cost > max_chars:
+            groups.append(group)
+            group, size = [], 2
+        group.append(topic)
+        size += cost
+    if group:
+        groups.append(group)
+    return groups
+
+
+def subscribe_messages(topics: Sequence[str], category: str, op: str = "subscribe",
+                       req_id_prefix: str | None = None) -> list[str]:
+    """(Un)subscribe requests for ONE connection of ``category``; spot requests carry at most
+    10 args. Raises ValueError when the topics exceed the per-connection args limit (use
+    :func:`split_connections` first)."""
+    if category not in CATEGORIES:
+        raise ValueError(f"bybit: unknown category {category!r}")
+    if args_chars(topics) > MAX_ARGS_CHARS:
+        raise ValueError(f"bybit: args exceed {MAX_ARGS_CHARS} characters for one connection")
+    per_request = SPOT_MAX_ARGS_PER_REQUEST if category == "spot" else MAX_ARGS_PER_REQUEST
+    out = []
+    for n, start in enumerate(range(0, len(topics), per_request)):
+        request: dict[str, Any] = {"op": op, "args": list(topics[start:start + per_request])}
+        if req_id_prefix is not None:
+            request["req_id"] = f"{req_id_prefix}{n}"
+        out.append(orjson.dumps(request).decode())
+    return out
+
+
+# ---- ticker merge ----
+
+#: Bybit ticker field -> Ticker attribute (kept per symbol; other fields are dropped, bounding
+#: the cache). price24hPcnt is handled apart (a fraction, published as a percentage).
+_TICKER_FIELDS = {
+    "lastPrice": "last", "prevPrice24h": "open", "highPrice24h": "high", "lowPrice24h": "low",
+    "volume24h": "volume", "turnover24h": "quote_volume", "bid1Price": "bid_price",
+    "bid1Size": "bid_qty", "ask1Price": "ask_price", "ask1Size": "ask_qty", "markPrice": "mark_price",
+    "indexPrice": "index_price", "fundingRate": "funding_rate", "openInterest": "open_interest",
+}
+_KEPT = (*_TICKER_FIELDS, "price24hPcnt", "nextFundingTime")
+
+
+class BybitTickerMerger:
+    """Last full ticker per symbol, so a delta (only the changed fields) becomes a full Ticker.
+
+    Bounded: only symbols of the configured map get an entry (others are rejected before),
+    entries hold only the fields we publish, and at most ``max_symbols`` entries are kept (the
+    oldest is dropped; its next delta is then skipped until a snapshot comes)."""
+
+    def __init__(self, max_symbols: int) -> None:
+        self.max_symbols = max(1, max_symbols)
+        self._last: dict[str, dict[str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def merge(self, native: str, snapshot: bool, fields: dict[str, str]) -> dict[str, str] | None:
+        """The merged fields after this message; None for a delta with no snapshot before it."""
+        if snapshot:
+            self._last.pop(native, None)
+            if len(self._last) >= self.max_symbols:
+                self._last.pop(next(iter(self._last)))
+            self._last[native] = fields
+            return fields
+        last = self._last.get(native)
+        if last is None:
+            return None
+        last.update(fields)
+        return last
+
+    def clear(self) -> None:
+        """Forget everything (a new connection starts with snapshots)."""
+        self._last.clear()
+
+
+def _ticker_fields(d: dict) -> dict[str, str] | None:
+    """The kept fields present in ``d`` after validation; None if any is malformed."""
+    out = {}
+    for key in _KEPT:
+        if key in d:
+            value = d[key]
+            if key == "nextFundingTime":
+                if value != "" and ms_int(value) is None:
+                    return None
+            elif opt_decimal(value) is None:
+                return None
+            out[key] = "" if value is None else value
+    return out
+
+
+def _pct(fraction: str) -> str:
+    """Bybit's price24hPcnt is a fraction (0.023333 = 2.3333 %); Ticker.change_pct is a
+    percentage as Binance sends it. Shifted by two decimal places exactly (no float)."""
+    if fraction == "":
+        return ""
+    try:
+        return format(Decimal(fraction).scaleb(2), "f")
+    except InvalidOperation:
+        return ""
+
+
+# ---- parsing ----
+
+class BybitParser:
+    """The parser of one category connection: the symbol map plus the ticker merge state."""
+
+    def __init__(self, symbols: SymbolMap) -> None:
+        self.symbols = symbols
+        self.tickers = BybitTickerMerger(len(symbols))
+
+    def parse(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        return parse_message(raw, self.symbols, rx_ns, rx_ms, self.tickers)
+
+
+def parse_message(raw: str | bytes, symbols: SymbolMap, rx_ns: int, rx_ms: int,
+                  tickers: BybitTickerMerger | None = None) -> ParseResult:
+    """One Bybit frame -> events, book messages and flags. Pure except for ``tickers`` (the merge
+    state); without it a ticker delta cannot be completed and is skipped."""
+    if not isinstance(raw, (str, bytes)):
+        return _GARBAGE
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _GARBAGE
+    if type(msg) is not dict:
+        return _GARBAGE
+    topic = msg.get("topic")
+    if topic is None:
+        return _parse_control(msg)
+    if type(topic) is not str:
+        return _GARBAGE
+    kind, _, rest = topic.partition(".")
+    if kind == "publicTrade":
+        return _parse_trades(msg, symbols, rx_ns, rx_ms)
+    if kind == "orderbook":
+        return _parse_book(msg, symbols, rx_ms)
+    if kind == "tickers":
+        return _parse_ticker(msg, symbols, rx_ns, rx_ms, tickers)
+    if kind == "allLiquidation":
+        return _parse_all_liquidation(msg, symbols, rx_ns, rx_ms)
+    if kind == "liquidation":
+        return _parse_legacy_liquidation(msg, symbols, rx_ns, rx_ms)
+    return _IGNORED_DATA  # another public topic (kline ...): market data we do not normalize
+
+
+def _parse_control(msg: dict) -> ParseResult:
+    """Acks, pongs, command responses; only an explicit failure is an error."""
+    success = msg.get("success")
+    if success is False:
+        return ParseResult(error=f"bybit error ({short_repr(msg.get('op'))}): {short_repr(msg.get('ret_msg'))}")
+    data = msg.get("data")
+    if type(data) is dict and data.get("failTopics"):
+        return ParseResult(error=f"bybit error: failed topics {short_repr(data.get('failTopics'))}")
+    if success is True or "op" in msg:
+        return _IGNORED  # subscribe acks (all categories), pongs ("ret_msg":"pong" / "op":"pong")
+    return _GARBAGE
+
+
+def _entry(native: Any, symbols: SymbolMap) -> tuple[str, str] | None | bool:
+    """The map entry; False when ``native`` is not even a string (malformed)."""
+    if type(native) is not str:
+        return False
+    return symbols.get(native)
+
+
+def _parse_trades(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
+    data = msg.get("data")
+    if type(data) is not list:
+        return _MALFORMED_DATA
+    events, rejected, errors = [], 0, 0
+    for d in data:
+        if type(d) is not dict:
+            errors += 1
+            continue
+        entry = _entry(d.get("s"), symbols)
+        if entry is False:
+            errors += 1
+            continue
+        if entry is None:
+            rejected += 1
+            continue
+        trade_id, price, qty, side, ts = d.get("i"), d.get("p"), d.get("v"), d.get("S"), ms_int(d.get("T"))
+        if (not is_safe_id(trade_id) or not is_decimal_str(price) or not is_decimal_str(qty)
+                or side not in ("Buy", "Sell") or ts is None):
+            errors += 1
+            continue
+        # S is the taker's side; BT (block trade) and RPI flags are not distinguished
+        events.append(Trade(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=d["s"],
+                            trade_id=trade_id, price=price, qty=qty, side="buy" if side == "Buy" else "sell",
+                            ts_exchange=ts, ts_receive=rx_ms).to_wire(rx_ns))
+    return ParseResult(events=events, data=True, rejected=rejected, parse_errors=errors)
+
+
+def _levels(raw: Any) -> list[Level] | None:
+    if type(raw) is not list:
+        return None
+    out: list[Level] = []
+    for lvl in raw:
+        if type(lvl) is not list or len(lvl) != 2 or not is_decimal_str(lvl[0]) or not is_decimal_str(lvl[1]):
+            return None  # a book with a skipped level would be wrong: refuse the message
+        out.append((lvl[0], lvl[1]))
+    return out
+
+
+def _parse_book(msg: dict, symbols: SymbolMap, rx_ms: int) -> ParseResult:
+    d, kind, ts = msg.get("data"), msg.get("type"), ms_int(msg.get("ts"))
+    if type(d) is not dict:
+        return _MALFORMED_DATA
+    entry = _entry(d.get("s"), symbols)
+    if entry is False:
+        return _MALFORMED_DATA
+    if entry is None:
+        return _REJECTED
+    bids, asks, u = _levels(d.get("b")), _levels(d.get("a")), seq_int(d.get("u"))
+    if bids is None or asks is None or u is None or ts is None or kind not in ("snapshot", "delta"):
+        return _MALFORMED_DATA
+    book = BookMsg(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=d["s"],
+                   # u == 1: the service restarted and this message is a full book
+                   snapshot=kind == "snapshot" or u == 1, seq=u, bids=bids, asks=asks,
+                   ts_exchange=ts, ts_receive=rx_ms)
+    return ParseResult(books=[book], data=True)
+
+
+def _parse_ticker(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int,
+                  tickers: BybitTickerMerger | None) -> ParseResult:
+    d, kind, ts = msg.get("data"), msg.get("type"), ms_int(msg.get("ts"))
+    cs = msg.get("cs", 0)
+    if type(d) is not dict:
+        return _MALFORMED_DATA
+    entry = _entry(d.get("symbol"), symbols)
+    if entry is False:
+        return _MALFORMED_DATA
+    if entry is None:
+        return _REJECTED
+    fields = _ticker_fields(d)
+    if fields is None or ts is None or kind not in ("snapshot", "delta") or seq_int(cs) is None:
+        return _MALFORMED_DATA
+    native = d["symbol"]
+    if tickers is not None:
+        merged = tickers.merge(native, kind == "snapshot", fields)
+    else:
+        merged = fields if kind == "snapshot" else None
+    if merged is None:
+        return _IGNORED_DATA  # a delta before any snapshot: nothing complete to publish
+    values = {attr: merged.get(key, "") for key, attr in _TICKER_FIELDS.items()}
+    next_funding = merged.get("nextFundingTime", "")
+    ticker = Ticker(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
+                    ts_receive=rx_ms, change_pct=_pct(merged.get("price24hPcnt", "")),
+                    next_funding_time=ms_int(next_funding) or 0, seq=cs, **values)
+    return ParseResult(events=[ticker.to_wire(rx_ns)], data=True)
+
+
+def _liquidation(entry: tuple[str, str], native: str, position: Any, price: Any, qty: Any, ts: int | None,
+                 rx_ns: int, rx_ms: int) -> list | None:
+    if position not in ("Buy", "Sell") or not is_decimal_str(price) or not is_decimal_str(qty) or ts is None:
+        return None
+    # S/side names the liquidated position: Buy = a long was liquidated, closed by a SELL order
+    long = position == "Buy"
+    return Liquidation(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
+                       ts_receive=rx_ms, side="sell" if long else "buy", position_side="long" if long else "short",
+                       price=price, qty=qty).to_wire(rx_ns)
+
+
+def _parse_all_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
+    data = msg.get("data")
+    if type(data) is not list:
+        return _MALFORMED_DATA
+    events, rejected, errors = [], 0, 0
+    for d in data:
+        entry = _entry(d.get("s"), symbols) if type(d) is dict else False
+        if entry is False:
+            errors += 1
+            continue
+        if entry is None:
+            rejected += 1
+            continue
+        wire = _liquidation(entry, d["s"], d.get("S"), d.get("p"), d.get("v"), ms_int(d.get("T")), rx_ns, rx_ms)
+        if wire is None:
+            errors += 1
+        else:
+            events.append(wire)
+    return ParseResult(events=events, data=True, rejected=rejected, parse_errors=errors)
+
+
+def _parse_legacy_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
+    """Superseded ``liquidation.{symbol}`` (one object, long field names). Its ``side`` is read
+    like allLiquidation's ``S`` (the liquidated position), as its later docs worded it; early docs
+    called it the order side."""
+    d = msg.get("data")
+    if type(d) is not dict:
+        return _MALFORMED_DATA
+    entry = _entry(d.get("symbol"), symbols)
+    if entry is False:
+        return _MALFORMED_DATA
+    if entry is None:
+        return _REJECTED
+    wire = _liquidation(entry, d["symbol"], d.get("side"), d.get("price"), d.get("size"),
+                        ms_int(d.get("updatedTime")), rx_ns, rx_ms)
+    if wire is None:
+        return _MALFORMED_DATA
+    return ParseResult(events=[wire], data=True)

@@ -1,0 +1,396 @@
+"""Deribit market data: pure JSON-RPC parsers and message/name builders.
+
+Why it looks like this (fixtures/ws/SOURCES.md section 4, research/exchange-quirks.md A.5):
+- everything is JSON-RPC 2.0 on ``wss://www.deribit.com/ws/api/v2``; data arrives as
+  ``{"method":"subscription","params":{"channel","data"}}`` notifications.
+- prices and amounts are JSON *numbers*: they are parsed with ``parse_float=str`` so the exact
+  token is kept (a float round trip would change it); integers stay ints (ids, times) and are
+  turned into decimal text only where a decimal field takes them (``open_interest: 559791310``).
+- after ``public/set_heartbeat`` the server sends ``heartbeat{type:test_request}``; it must be
+  answered with ``public/test`` or the connection is closed at once.
+- book: ``type: snapshot`` then ``change`` frames with ``prev_change_id`` == previous
+  ``change_id``; entries ``[action, price, amount]``. Grouped books (``book.I.group.depth.int``)
+  are full ``[price, amount]`` snapshots on every push, without ``type``.
+- ``raw`` channels need an authorised connection: public collection uses ``100ms``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+from shared.marketdata import BookMsg, Level, Ticker, Trade, VolatilityIndex
+from shared.symbols import canonical
+
+from .base import ParseResult
+
+EXCHANGE = "deribit"
+WS_URL = "wss://www.deribit.com/ws/api/v2"
+HEARTBEAT_INTERVAL = 30  # s; Deribit accepts >= 10 and recommends 30-60
+#: JSON-RPC id of our ``public/test`` answers (their responses are ignored like any result)
+TEST_REQUEST_ID = 9099
+
+#: native instrument / index name -> (canonical BASE-QUOTE, market) for one connection
+Symbols = Mapping[str, tuple[str, str]]
+
+_IGNORED = ParseResult()
+_IGNORED_DATA = ParseResult(data=True)
+_GARBAGE = ParseResult(parse_errors=1)
+_MALFORMED = ParseResult(data=True, parse_errors=1)
+_REJECTED = ParseResult(data=True, rejected=1)
+
+_NUM_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\Z")
+_TRADE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_ACTIONS = frozenset({"new", "change", "delete"})
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"non-finite number {token}")
+
+
+def _loads(raw: str | bytes) -> Any:
+    """Exact number tokens for floats, ints kept, NaN/Infinity refused."""
+    return json.loads(raw, parse_float=str, parse_constant=_reject_constant)
+
+
+def _num(v: Any) -> str | None:
+    """A decimal as text: a float token (already text), or an int; None when neither."""
+    if type(v) is str:
+        return v if len(v) <= 64 and _NUM_RE.match(v) else None
+    if type(v) is int:
+        return str(v)
+    return None
+
+
+def _unum(v: Any) -> str | None:
+    """A non-negative decimal as text (amounts, sizes)."""
+    s = _num(v)
+    return None if s is None or s[0] == "-" else s
+
+
+def _opt_num(d: dict, key: str, unsigned: bool = False) -> str | None:
+    """An optional number: "" when absent or null, None when present but not a number."""
+    v = d.get(key)
+    if v is None:
+        return ""
+    return _unum(v) if unsigned else _num(v)
+
+
+def _ts(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+# ---------------------------------------------------------------- WebSocket
+
+def parse_message(raw: str | bytes, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    """Pure: one Deribit frame -> normalized events, book messages, replies or an error text."""
+    if not isinstance(raw, (str, bytes, bytearray)):
+        return _GARBAGE
+    try:
+        msg = _loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return _GARBAGE
+    if type(msg) is not dict:
+        return _GARBAGE
+    method = msg.get("method")
+    if method == "subscription":
+        params = msg.get("params")
+        if type(params) is not dict or type(params.get("channel")) is not str:
+            return _MALFORMED
+        return _notification(params["channel"], params.get("data"), symbols, rx_ns, rx_ms)
+    if method == "heartbeat":
+        params = msg.get("params")
+        kind = params.get("type") if type(params) is dict else None
+        if kind == "test_request":
+            return ParseResult(replies=[public_test_message(TEST_REQUEST_ID)])
+        return _IGNORED if kind == "heartbeat" else _GARBAGE
+    if "error" in msg:
+        return ParseResult(error=_error_text(msg["error"]))
+    if "result" in msg and "id" in msg:
+        return _IGNORED  # subscribe / set_heartbeat / public/test responses
+    return _GARBAGE
+
+
+def _error_text(err: Any) -> str:
+    if type(err) is not dict:
+        return f"deribit error ?: {repr(err)[:200]}"
+    code, message, data = err.get("code"), err.get("message"), err.get("data")
+    text = message[:200] if type(message) is str else repr(message)[:200]
+    if data is not None:
+        text += f" ({repr(data)[:200]})"
+    return f"deribit error {code if type(code) is int else '?'}: {text}"
+
+
+def _notification(channel: str, data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    kind = channel.partition(".")[0]
+    if kind == "trades":
+        return _trades(data, symbols, rx_ns, rx_ms)
+    if kind == "book":
+        return _book(data, symbols, rx_ms)
+    if kind == "ticker":
+        return _ticker(data, symbols, rx_ns, rx_ms)
+    if kind == "deribit_volatility_index":
+        return _volatility(data, symbols, rx_ns, rx_ms)
+    return _IGNORED_DATA  # a channel we subscribe to but do not normalize (quote, chart, ...)
+
+
+def _entry(symbols: Symbols, native: Any) -> tuple[str, str] | None | bool:
+    """(canonical, market); None = unknown (reject); False = not a string (malformed)."""
+    if type(native) is not str:
+        return False
+    return symbols.get(native)
+
+
+def _trades(data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    if type(data) is not list:
+        return _MALFORMED
+    out = ParseResult(data=True)
+    for t in data:
+        if type(t) is not dict:
+            out.parse_errors += 1
+            continue
+        native = t.get("instrument_name")
+        entry = _entry(symbols, native)
+        if entry is None:
+            out.rejected += 1
+            continue
+        tid, price, amount = t.get("trade_id"), _num(t.get("price")), _unum(t.get("amount"))
+        if type(tid) is int:
+            tid = str(tid)
+        side, ts = t.get("direction"), t.get("timestamp")
+        if (entry is False or type(tid) is not str or not _TRADE_ID_RE.match(tid) or price is None
+                or amount is None or side not in ("buy", "sell") or not _ts(ts)):
+            out.parse_errors += 1
+            continue
+        symbol, market = entry
+        # direction is the taker's side
+        trade = Trade(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, trade_id=tid,
+                      price=price, qty=amount, side=side, ts_exchange=ts, ts_receive=rx_ms)
+        out.events.append(trade.to_wire(rx_ns))
+    return out
+
+
+def _book_side(raw: Any) -> list[Level] | None:
+    """``[action, price, amount]`` (delete -> qty "0") or grouped ``[price, amount]``."""
+    if type(raw) is not list:
+        return None
+    out: list[Level] = []
+    for e in raw:
+        if type(e) is not list:
+            return None
+        if len(e) == 3:
+            action = e[0]
+            if action not in _ACTIONS:
+                return None
+            price = _num(e[1])
+            qty = "0" if action == "delete" else _unum(e[2])
+        elif len(e) == 2:
+            price, qty = _num(e[0]), _unum(e[1])
+        else:
+            return None
+        if price is None or qty is None:
+            return None
+        out.append((price, qty))
+    return out
+
+
+def _book(data: Any, symbols: Symbols, rx_ms: int) -> ParseResult:
+    if type(data) is not dict:
+        return _MALFORMED
+    native = data.get("instrument_name")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    kind, ts, change_id, prev = data.get("type"), data.get("timestamp"), data.get("change_id"), data.get("prev_change_id")
+    bids, asks = _book_side(data.get("bids")), _book_side(data.get("asks"))
+    if (type(change_id) is not int or not _ts(ts) or bids is None or asks is None
+            or (prev is not None and type(prev) is not int)):
+        return _MALFORMED
+    if kind == "snapshot":
+        snapshot = True
+    elif kind == "change":
+        if prev is None:
+            return _MALFORMED  # a change cannot be chained without prev_change_id
+        snapshot = False
+    elif kind is None:
+        snapshot = prev is None  # grouped book: a full snapshot on every push
+    else:
+        return _MALFORMED
+    symbol, market = entry
+    book = BookMsg(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, snapshot=snapshot,
+                   seq=change_id, bids=bids, asks=asks, ts_exchange=ts, ts_receive=rx_ms,
+                   prev_seq=None if snapshot else prev)
+    return ParseResult(books=[book], data=True)
+
+
+def _ticker(data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    if type(data) is not dict:
+        return _MALFORMED
+    native = data.get("instrument_name")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    ts, stats = data.get("timestamp"), data.get("stats")
+    if stats is None:
+        stats = {}
+    if not _ts(ts) or type(stats) is not dict:
+        return _MALFORMED
+    # Deribit sends null for what it has no value of (no trade yet, no funding on futures)
+    f = {
+        "last": _opt_num(data, "last_price"),
+        "high": _opt_num(stats, "high"),
+        "low": _opt_num(stats, "low"),
+        "volume": _opt_num(stats, "volume", True),
+        "quote_volume": _opt_num(stats, "volume_usd", True),
+        "change_pct": _opt_num(stats, "price_change"),
+        "bid_price": _opt_num(data, "best_bid_price"),
+        "bid_qty": _opt_num(data, "best_bid_amount", True),
+        "ask_price": _opt_num(data, "best_ask_price"),
+        "ask_qty": _opt_num(data, "best_ask_amount", True),
+        "mark_price": _opt_num(data, "mark_price"),
+        "index_price": _opt_num(data, "index_price"),
+        "open_interest": _opt_num(data, "open_interest", True),
+    }
+    # funding_8h is the rate over 8 h (comparable with other venues' 8-hourly rates);
+    # current_funding is the instantaneous one, used when funding_8h is not sent
+    f8, cur = _opt_num(data, "funding_8h"), _opt_num(data, "current_funding")
+    if None in f.values() or f8 is None or cur is None:
+        return _MALFORMED
+    symbol, market = entry
+    ev = Ticker(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native, ts_exchange=ts,
+                ts_receive=rx_ms, funding_rate=f8 or cur, **f)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+def _volatility(data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
+    if type(data) is not dict:
+        return _MALFORMED
+    native = data.get("index_name")
+    entry = _entry(symbols, native)
+    if entry is False:
+        return _MALFORMED
+    if entry is None:
+        return _REJECTED
+    ts, value = data.get("timestamp"), _unum(data.get("volatility"))
+    if not _ts(ts) or value is None:
+        return _MALFORMED
+    symbol, market = entry
+    ev = VolatilityIndex(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
+                         ts_exchange=ts, ts_receive=rx_ms, value=value)
+    return ParseResult(events=[ev.to_wire(rx_ns)], data=True)
+
+
+# ---------------------------------------------------------------- builders
+
+def _request(method: str, params: dict, msg_id: int) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params},
+                      separators=(",", ":"))
+
+
+def subscribe_message(channels: Sequence[str], msg_id: int = 1) -> str:
+    """``public/subscribe`` for ``channels`` (the response lists them in another order)."""
+    return _request("public/subscribe", {"channels": list(channels)}, msg_id)
+
+
+def set_heartbeat_message(interval: int = HEARTBEAT_INTERVAL, msg_id: int = 2) -> str:
+    """``public/set_heartbeat``: from then on unanswered test_requests close the connection."""
+    if type(interval) is not int or interval < 10:
+        raise ValueError(f"heartbeat interval must be an int >= 10, not {interval!r}")
+    return _request("public/set_heartbeat", {"interval": interval}, msg_id)
+
+
+def public_test_message(msg_id: int = TEST_REQUEST_ID) -> str:
+    """``public/test``: the answer to a heartbeat test_request."""
+    return _request("public/test", {}, msg_id)
+
+
+_PAIR = r"(?P<base>[A-Z0-9]{1,20})(?:_(?P<quote>[A-Z0-9]{1,20}))?"
+_DATE = r"[0-9]{1,2}[A-Z]{3}[0-9]{2}"
+_PERP_RE = re.compile(rf"{_PAIR}-PERPETUAL\Z")
+_FUTURE_RE = re.compile(rf"{_PAIR}-{_DATE}\Z")
+_OPTION_RE = re.compile(rf"{_PAIR}-{_DATE}-[0-9]{{1,12}}(?:d[0-9]{{1,8}})?-[CP]\Z")
+_SPOT_RE = re.compile(r"(?P<base>[A-Z0-9]{1,20})_(?P<quote>[A-Z0-9]{1,20})\Z")
+_INDEX_RE = re.compile(r"(?P<base>[a-z0-9]{1,20})_(?P<quote>[a-z0-9]{1,20})\Z")
+_INTERVALS = frozenset({"100ms", "agg2", "raw"})
+
+
+def _match(name: Any) -> tuple[str, re.Match[str]] | None:
+    if type(name) is not str or len(name) > 64:
+        return None
+    for market, rx in (("perp", _PERP_RE), ("future", _FUTURE_RE), ("option", _OPTION_RE), ("spot", _SPOT_RE)):
+        m = rx.match(name)
+        if m is not None:
+            return market, m
+    return None
+
+
+def instrument_market(name: str) -> str | None:
+    """perp (``BTC-PERPETUAL``), future (``BTC-27JUN25``), option (``BTC-27JUN25-100000-C``),
+    spot (``BTC_USDC``); None for anything else (combos, hostile text)."""
+    got = _match(name)
+    return got[0] if got else None
+
+
+def canonical_symbol(name: str) -> str | None:
+    """``BTC-PERPETUAL`` -> BTC-USD (inverse, USD-settled), ``SOL_USDC-PERPETUAL`` -> SOL-USDC.
+    Futures and options map to the same pair (their native name keeps them apart)."""
+    got = _match(name)
+    if got is None:
+        return None
+    m = got[1]
+    return canonical(m["base"], m["quote"] or "USD")
+
+
+def symbol_entry(name: str) -> tuple[str, str] | None:
+    """The ``symbols`` map entry of an instrument or volatility index name (``btc_usd`` ->
+    (BTC-USD, index)); None when it is not one."""
+    if type(name) is str:
+        m = _INDEX_RE.match(name)
+        if m is not None:
+            pair = canonical(m["base"], m["quote"])
+            return (pair, "index") if pair else None
+    market = instrument_market(name)
+    pair = canonical_symbol(name) if market else None
+    return (pair, market) if market and pair else None
+
+
+def symbol_map(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """native -> (canonical, market) for the names that are valid (others are left out)."""
+    out: dict[str, tuple[str, str]] = {}
+    for n in names:
+        e = symbol_entry(n)
+        if e is not None:
+            out[n] = e
+    return out
+
+
+def _channel(kind: str, instrument: str, interval: str) -> str:
+    if instrument_market(instrument) is None:
+        raise ValueError(f"not a Deribit instrument name: {str(instrument)[:40]!r}")
+    if interval not in _INTERVALS:
+        raise ValueError(f"unknown interval {interval!r}")
+    return f"{kind}.{instrument}.{interval}"
+
+
+def trades_channel(instrument: str, interval: str = "100ms") -> str:
+    return _channel("trades", instrument, interval)
+
+
+def book_channel(instrument: str, interval: str = "100ms") -> str:
+    return _channel("book", instrument, interval)
+
+
+def ticker_channel(instrument: str, interval: str = "100ms") -> str:
+    return _channel("ticker", instrument, interval)
+
+
+def volatility_channel(index_name: str) -> str:
+    """``deribit_volatility_index.btc_usd`` (Deribit offers btc_usd and eth_usd)."""
+    if type(index_name) is not str or _INDEX_RE.match(index_name) is None:
+        raise ValueError(f"not an index name: {str(index_name)[:40]!r}")
+    return f"deribit_volatility_index.{index_name}"
