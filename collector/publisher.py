@@ -152,6 +152,12 @@ class _Conn:
 _PACKED, _NREPLIES, _STATS, _RX, _XI, _EV = range(6)
 
 
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
+#: stands for "retry this item" in unwrapped replies (a transaction that did not run)
+_RETRY_REPLY = hiredis.ReplyError("TRYAGAIN transaction not executed")
+
+
 def _item_events(item: tuple) -> int:
     return 0 if item[_XI] == -1 else 1
 
@@ -192,6 +198,16 @@ class Publisher:
         self._conns: set[_Conn] = set()
         self._conn_tasks: set[asyncio.Task] = set()
         self._inflight = 0
+        # write units (see _writer_loop): each round's units are atomic (MULTI/EXEC) and record
+        # "{incarnation}:{unit}" in the marker key, so a round whose replies were lost can be
+        # resolved exactly (applied or not) instead of resent blindly (duplicates)
+        self.marker_key = f"pub:written:{settings.node_id}"
+        self.incarnation = os.urandom(6).hex()
+        self._next_unit = 0
+        #: the units of a round whose outcome is unknown (connection lost before the replies)
+        self._unresolved: list[tuple[int, int]] | None = None
+        self.rounds_resolved_applied = 0
+        self.rounds_resolved_resent = 0
         self._work = asyncio.Event()
         self._redis_up_evt = asyncio.Event()
         self._listing_wake = asyncio.Event()
@@ -228,6 +244,8 @@ class Publisher:
             "workers_connected": sorted({c.exchange for c in self._conns if c.exchange}),
             "frame_errors": self.frame_errors,
             "errors": self.errors,
+            # rounds whose replies were lost, resolved through the marker key
+            "rounds_resolved": {"applied": self.rounds_resolved_applied, "resent": self.rounds_resolved_resent},
         }
 
     def _on_parent_message(self, msg: dict) -> None:
@@ -504,14 +522,24 @@ class Publisher:
                         except RedisUnavailable as exc:
                             self._mark_down(exc)
                 continue
+            if self._unresolved is not None:
+                try:
+                    await self._resolve_unknown_round()
+                except RedisUnavailable as exc:
+                    self._mark_down(exc)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                if not buffer:
+                    continue
             n = min(self.pipeline_max, len(buffer))
             batch = list(itertools.islice(buffer, n))
-            data = b"".join([it[_PACKED] for it in batch])
-            n_replies = sum([it[_NREPLIES] for it in batch])
+            data, n_replies, units = self._pack_round(batch)
             self._inflight = n
             try:
                 replies = await self.data_conn.execute_packed(data, n_replies)
             except RedisUnavailable as exc:
+                # applied or not? the marker tells, once Redis answers again
+                self._unresolved = units
                 self._mark_down(exc)
                 await asyncio.sleep(backoff.next_delay())
                 continue
@@ -519,7 +547,7 @@ class Publisher:
                 self._inflight = 0
             backoff.reset()
             self._mark_up()
-            retry = self._handle_replies(batch, replies)
+            retry = self._handle_replies(batch, self._unwrap_replies(batch, units, replies))
             for _ in range(n):
                 buffer.popleft()
             if retry:
@@ -527,6 +555,114 @@ class Publisher:
                 buffer.extendleft(reversed(retry))
                 self.redis_errors += 1
                 await asyncio.sleep(backoff.next_delay())
+
+    # ---- atomic write units ----
+    def _marker(self, unit: int) -> bytes:
+        return hiredis.pack_command(("SET", self.marker_key, f"{self.incarnation}:{unit}"))
+
+    def _pack_round(self, batch: list[tuple]) -> tuple[bytes, int, list[tuple[int, int]]]:
+        """One round's bytes: runs of plain XADDs wrapped in MULTI ... SET marker ... EXEC, and each
+        listing transaction with the marker SET put before its EXEC. Returns (data, replies,
+        units) with units = [(unit id, items in it)] in order."""
+        parts: list[bytes] = []
+        units: list[tuple[int, int]] = []
+        n_replies = 0
+        i, n = 0, len(batch)
+        while i < n:
+            self._next_unit += 1
+            uid = self._next_unit
+            if batch[i][_XI] is None:
+                j = i
+                while j < n and batch[j][_XI] is None:
+                    j += 1
+                parts.append(_MULTI)
+                parts.extend([it[_PACKED] for it in batch[i:j]])
+                parts.append(self._marker(uid))
+                parts.append(_EXEC)
+                n_replies += (j - i) + 3
+                units.append((uid, j - i))
+                i = j
+            else:
+                packed = batch[i][_PACKED]
+                parts.append(packed[:-len(_EXEC)])  # listing transactions end with EXEC
+                parts.append(self._marker(uid))
+                parts.append(_EXEC)
+                n_replies += batch[i][_NREPLIES] + 1
+                units.append((uid, 1))
+                i += 1
+        return b"".join(parts), n_replies, units
+
+    def _unwrap_replies(self, batch: list[tuple], units: list[tuple[int, int]], replies: list[Any]) -> list[Any]:
+        """The round's replies in the shape ``_handle_replies`` reads (one reply per plain XADD,
+        the listing transactions' own replies), from the wrapped units' replies."""
+        out: list[Any] = []
+        pos = 0
+        i = 0
+        for _uid, count in units:
+            if batch[i][_XI] is None:
+                rs = replies[pos:pos + count + 3]  # MULTI, QUEUED x count, QUEUED (marker), EXEC
+                pos += count + 3
+                exec_reply = rs[-1]
+                if isinstance(exec_reply, list) and len(exec_reply) == count + 1:
+                    out.extend(exec_reply[:count])
+                elif isinstance(rs[0], hiredis.ReplyError):
+                    # MULTI itself refused (e.g. an ACL without it): the commands ran one by one
+                    out.extend(rs[1:1 + count])
+                else:
+                    # the transaction did not run (EXECABORT, LOADING ...): an item whose own
+                    # queueing failed for good is dropped, every other one is written again
+                    for k in range(count):
+                        queued = rs[1 + k]
+                        bad = isinstance(queued, hiredis.ReplyError) and not is_transient_error(queued)
+                        out.append(queued if bad else _RETRY_REPLY)
+                i += count
+            else:
+                k = batch[i][_NREPLIES]
+                rs = replies[pos:pos + k + 1]
+                pos += k + 1
+                # drop the marker's QUEUED and its SET result, so the transaction reads as built
+                exec_reply = rs[-1]
+                if isinstance(exec_reply, list) and exec_reply:
+                    exec_reply = exec_reply[:-1]
+                out.extend(rs[:k - 1])
+                out.append(exec_reply)
+                i += 1
+        return out
+
+    async def _resolve_unknown_round(self) -> None:
+        """After a round whose replies were lost: read the marker; drop the items of the units it
+        says were applied (they are in Redis), keep the rest at the head to be written again."""
+        units = self._unresolved
+        assert units is not None
+        reply = (await self.data_conn.execute_packed(hiredis.pack_command(("GET", self.marker_key)), 1))[0]
+        applied_upto = 0
+        if isinstance(reply, bytes):
+            inc, _, unit = reply.decode("ascii", "replace").partition(":")
+            if inc == self.incarnation and unit.isdigit():
+                applied_upto = int(unit)
+        applied = 0
+        for uid, count in units:
+            if uid > applied_upto:
+                break
+            for _ in range(count):
+                item = self.buffer.popleft()
+                if item[_XI] is None:
+                    item[_STATS].pushed += 1
+                elif item[_XI] >= 0:
+                    item[_STATS].pushed += 1
+                    self.listings_emitted += 1
+                    ev = item[_EV]
+                    if ev is not None:
+                        self.listings_by_event[ev] = self.listings_by_event.get(ev, 0) + 1
+                applied += count
+        if applied:
+            self.rounds_resolved_applied += 1
+            log.info("a write round interrupted by a lost connection had been applied (%d events); "
+                     "not written again", applied)
+        else:
+            self.rounds_resolved_resent += 1
+        self._unresolved = None
+        self._mark_up()
 
     async def _sleep_or_work(self, delay: float) -> None:
         """Sleep ``delay`` but wake early when events arrive (they are retried at once)."""
