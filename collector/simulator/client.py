@@ -189,6 +189,47 @@ class SimulatorClient:
         """exchange -> base URL of every exchange this simulator process serves."""
         return self._call("GET", "/_sim/ports")["ports"]
 
+    # ---------------------------------------------------------------- market data (binance, okx, bybit, deribit)
+    def md_stats(self) -> dict[str, Any]:
+        """Frames sent per channel, updates generated, and per book ``seq`` (last generated) and
+        ``sent_seq`` (last written to a subscriber), keyed ``market:symbol``."""
+        return self._call("GET", "/_sim/md/stats")
+
+    def md_config(self) -> dict[str, Any]:
+        return self._call("GET", "/_sim/md/config")["config"]
+
+    def md_configure(self, **values: Any) -> dict[str, Any]:
+        """e.g. ``md_configure(okx_checksum=True, heartbeat_interval=0.5, max_updates_per_s=2000)``."""
+        return self._call("POST", "/_sim/md/config", values)["config"]
+
+    def md_set_rate(self, rate: float, channel: str | None = None, symbol: str | None = None) -> dict[str, Any]:
+        """Updates/s of every topic (no channel/symbol), or of one channel and/or symbol."""
+        return self._post("/_sim/md/rate", rate=rate, channel=channel, symbol=symbol)
+
+    def md_inject_gap(self, symbol: str, market: str | None = None, count: int = 1) -> dict[str, Any]:
+        """The next book update of ``symbol`` skips ``count`` updates (generated, never sent)."""
+        return self._post("/_sim/md/gap", symbol=symbol, market=market, count=count)
+
+    def md_bad_checksum(self, symbol: str, market: str | None = None) -> dict[str, Any]:
+        """OKX: the next book update of ``symbol`` carries a wrong checksum."""
+        return self._post("/_sim/md/checksum", symbol=symbol, market=market)
+
+    def md_silence(self, channel: str, symbol: str, market: str | None = None,
+                   enabled: bool = True) -> dict[str, Any]:
+        """Subscriptions of ``channel`` / ``symbol`` are acknowledged but get no data (until disabled).
+        Channel names: binance depth, bookTicker, aggTrade, ticker, kline_1m, markPrice, forceOrder;
+        okx books, trades, tickers, funding-rate, open-interest, candle1m, liquidation-orders (symbol =
+        instType); bybit orderbook.50, publicTrade, tickers, allLiquidation; deribit book, trades,
+        ticker, deribit_volatility_index (symbol btc_usd)."""
+        return self._post("/_sim/md/silence", channel=channel, symbol=symbol, market=market, enabled=enabled)
+
+    def md_drop_connections(self) -> dict[str, Any]:
+        """Cut every market-data WebSocket connection of this port (no close frame)."""
+        return self._post("/_sim/md/drop")
+
+    def md_reset(self, drop_connections: bool = True) -> dict[str, Any]:
+        return self._post("/_sim/md/reset", drop_connections=drop_connections)
+
     # ---------------------------------------------------------------- REST faults
     def rest_fault(self, kind: str, path: str = "*", count: int | None = None,
                    duration_s: float | None = None, retry_after: int = 60, status: int = 503,

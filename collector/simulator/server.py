@@ -13,6 +13,10 @@ Run it with ``python -m collector.simulator --port 0`` (or ``collector simulate`
 
 Control endpoints (JSON in/out) live under ``/_sim/``; ``collector.simulator.client`` wraps them.
 
+Market data (``md.py``, ``md_server.py``): Binance spot + USDⓈ-M streams on this port, OKX and Bybit
+on their venue ports, Deribit (``--exchanges deribit``, not part of ``all``) on its own; scripted
+under ``/_sim/md/`` on each of those ports.
+
 ``--exchanges binance,okx,...|all`` serves several exchanges from one process, each on its own port
 (exchanges share paths: Binance and MEXC both answer ``/api/v3/exchangeInfo``): the instrument lists
 of ``listings.VENUES`` with their recorded body shapes, scripted per port under ``/_sim/listings/``
@@ -37,6 +41,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import WSMsgType, web
 
+from collector.simulator import md_server
 from collector.simulator.listings import EXCHANGES, NORMAL, VENUES, BinanceListings, Mode, PushClient, Venue
 from collector.simulator.state import (
     MAX_FILLER,
@@ -209,8 +214,10 @@ async def _depth(request: web.Request) -> web.Response:
     if not symbol:
         return _binance_error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
                               headers=headers)
+    md = request.app.get(md_server.MD_KEY)   # the books the depth streams move
     try:
-        body = state.depth_body(symbol, limit, empty=bool(request.get("sim_empty")))
+        body = (md.depth_body("spot", symbol, limit, empty=bool(request.get("sim_empty"))) if md is not None
+                else state.depth_body(symbol, limit, empty=bool(request.get("sim_empty"))))
     except SimError:
         return _binance_error(-1121, "Invalid symbol.", headers=headers)
     return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
@@ -309,9 +316,11 @@ USDM_ROUTES = ("/public", "/market")
 async def _ws_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     path = request.path
+    usdm_route = ""
     for route in USDM_ROUTES:  # USDⓈ-M routed endpoints: /public/..., /market/...
         if path.startswith(route + "/"):
             path = path[len(route):]
+            usdm_route = route
             break
     if path.rstrip("/") == "/stream":
         combined = True
@@ -334,6 +343,7 @@ async def _ws_handler(request: web.Request) -> web.StreamResponse:
         return ws
     peer = request.remote or "?"
     conn = state.register(ws, transport, path, combined, streams, peer)
+    conn.route = usdm_route  # market data: "" = spot streams, "/public" | "/market" = USDⓈ-M
     try:
         while True:
             msg = await ws.receive()
@@ -708,6 +718,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8900, help="port; 0 picks a free one (default 8900)")
     p.add_argument("--exchanges", default=None,
                    help=f"comma list of exchanges to serve, each on its own port, or 'all' ({','.join(EXCHANGES)}); "
+                   f"market data only: {','.join(md_server.MD_ONLY_EXCHANGES)} (e.g. all,deribit); "
                    "default: binance only, on --port")
     p.add_argument("--base-port", type=int, default=None,
                    help="with --exchanges: the i-th exchange listens on BASE+i; 0 = free ports (default: --port)")
@@ -718,6 +729,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--futures-symbols", default="", help="comma list of USDⓈ-M symbols (default none)")
     p.add_argument("--ping-interval", type=float, default=20.0, help="server WS ping every N s (0 = never)")
     p.add_argument("--trade-rate", type=float, default=0.0, help="trades/s per TRADING spot symbol (default 0)")
+    p.add_argument("--md-rate", type=float, default=5.0,
+                   help="market-data updates/s per channel per symbol (default 5; /_sim/md/rate changes it)")
     p.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute, 0 = unlimited")
     p.add_argument("--max-incoming-per-second", type=int, default=5,
                    help="incoming WS messages per second before close 1008 (0 = unlimited)")
@@ -731,16 +744,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("ping_interval", "trade_rate"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.md_rate <= md_server.MAX_TOPIC_RATE:
+        p.error(f"--md-rate must be 0..{md_server.MAX_TOPIC_RATE}")
     if not 0 <= args.filler <= MAX_FILLER:
         p.error(f"--filler must be 0..{MAX_FILLER}")
     args.multi = args.exchanges is not None
     if args.multi:
         names = [n.strip().lower() for n in args.exchanges.split(",") if n.strip()]
-        if names == ["all"]:
-            names = list(EXCHANGES)
-        unknown = [n for n in names if n not in EXCHANGES]
+        names = [x for n in names for x in (EXCHANGES if n == "all" else (n,))]
+        unknown = [n for n in names if n not in EXCHANGES + md_server.MD_ONLY_EXCHANGES]
         if unknown or not names:
-            p.error(f"--exchanges: unknown {unknown or 'empty list'}; choose from {','.join(EXCHANGES)} or 'all'")
+            p.error(f"--exchanges: unknown {unknown or 'empty list'}; choose from "
+                    f"{','.join(EXCHANGES + md_server.MD_ONLY_EXCHANGES)} or 'all'")
         args.exchange_list = list(dict.fromkeys(names))
         base = args.port if args.base_port is None else args.base_port
         if base and not 1 <= base <= 65536 - len(args.exchange_list):
@@ -800,15 +815,20 @@ async def _serve(state: SimState | None, args: argparse.Namespace) -> int:
     for name, sock in zip(args.exchange_list, socks):
         ports[name] = f"http://{shown}:{sock.getsockname()[1]}"
     runners: list[web.AppRunner] = []
+    md_config = md_server.MdConfig(rate=args.md_rate)
     for name, sock in zip(args.exchange_list, socks):
         if name == "binance":
             assert state is not None
             app = build_app(state, ports)
+            md_server.attach(app, name, state=state, config=md_config, seed=args.seed)
+        elif name in md_server.MD_ONLY_EXCHANGES:
+            app = md_server.build_md_app(name, ports, md_config, args.seed)
         else:
             venue = VENUES[name]()
             if args.filler:
                 venue.add_filler(args.filler)
             app = build_listing_app(venue, ports)
+            md_server.attach(app, name, venue=venue, config=md_config, seed=args.seed)
         # long request lines: a combined-stream URL with 1024 streams is ~16 kB
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0,
                                max_line_size=65536)

@@ -1,0 +1,406 @@
+"""aiohttp side of the simulator's market data (state and frames: ``md.py``).
+
+``attach(app, name, ...)`` adds the market-data routes of one exchange to its existing app;
+``build_md_app(name, ...)`` builds the app of an exchange served for market data only (Deribit).
+
+- Binance (``attach`` on the Binance app): streams of ``/stream``, ``/ws/...`` (spot) and the USDⓈ-M
+  routes ``/public/...``, ``/market/...`` (subscribed through the existing handler and ``SimState``;
+  the engine reads ``state.stream_subs``); REST ``/fapi/v1/depth``, ``/fapi/v1/openInterest``,
+  ``/futures/data/{topLongShortPositionRatio,topLongShortAccountRatio,globalLongShortAccountRatio}``;
+  ``/api/v3/depth`` is served by ``server._depth`` from the same books.
+- OKX (``attach`` on the OKX venue app): ``/ws/v5/public`` is the venue's handler, whose
+  ``ws_message`` is wrapped so market-data args go to the engine and ``instruments`` args to the
+  venue; ``/ws/v5/business`` (candles); REST ``/api/v5/market/books``,
+  ``/api/v5/rubik/stat/contracts/long-short-account-ratio`` (venue faults apply to both).
+- Bybit (``attach`` on the Bybit venue app): ``/v5/public/spot``, ``/v5/public/linear``.
+- Deribit (``build_md_app``): ``/ws/api/v2`` JSON-RPC, ``/_sim/stats``, ``/_sim/reset``, ``/_sim/ports``.
+
+Controls on every market-data port (JSON in/out; ``SimulatorClient.md_*``):
+``GET /_sim/md/stats``, ``GET|POST /_sim/md/config``, ``POST /_sim/md/rate``, ``/_sim/md/gap``,
+``/_sim/md/checksum`` (OKX), ``/_sim/md/silence``, ``/_sim/md/drop``, ``/_sim/md/reset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from collector.simulator.listings import NORMAL
+from collector.simulator.md import (
+    LONG_SHORT_KINDS, MAX_TOPIC_RATE, STAT_PERIODS, TICK_S, USDM_DEPTH_LIMITS, BinanceMd, BybitMd, DeribitMd, MdClient, MdConfig,
+    MdEngine, OkxMd,
+)
+from collector.simulator.state import SimError
+
+log = logging.getLogger("collector.simulator")
+
+#: exchanges served for market data only (their own port, no listing venue)
+MD_ONLY_EXCHANGES = ("deribit",)
+#: exchanges with market data
+MD_EXCHANGES = ("binance", "okx", "bybit", "deribit")
+MD_KEY: web.AppKey[MdEngine] = web.AppKey("sim_md", MdEngine)
+__all__ = ["MD_ONLY_EXCHANGES", "MD_EXCHANGES", "MD_KEY", "MAX_TOPIC_RATE", "MdConfig", "attach", "build_md_app"]
+_MD_PORTS_KEY: web.AppKey[dict[str, str]] = web.AppKey("sim_md_ports", dict)
+#: frames queued per market-data client before the server cuts it (a client that stopped reading)
+MD_QUEUE_MAX = 4096
+JSON_CT = "application/json;charset=UTF-8"
+OKX_BOOKS_PATH = "/api/v5/market/books"
+OKX_RUBIK_PATH = "/api/v5/rubik/stat/contracts/long-short-account-ratio"
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers={"Content-Type": JSON_CT, **(headers or {})})
+
+
+# ---------------------------------------------------------------------------------------- controls
+_Spec = dict[str, tuple[tuple[type, ...], Any]]
+NUM = (int, float)
+OPT_STR = ((str,), None)
+
+
+def _fields(body: dict[str, Any], spec: _Spec) -> dict[str, Any]:
+    unknown = set(body) - set(spec)
+    if unknown:
+        raise SimError(400, f"unknown field(s): {sorted(unknown)}; accepted: {sorted(spec)}")
+    out: dict[str, Any] = {}
+    for name, (types, default) in spec.items():
+        value = body.get(name)
+        if value is None:
+            if default is ...:
+                raise SimError(400, f"field {name!r} is required")
+            out[name] = default
+            continue
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise SimError(400, f"field {name!r} must be {'/'.join(t.__name__ for t in types)}")
+        out[name] = value
+    return out
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SimError(400, "request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise SimError(400, "request body must be a JSON object")
+    return body
+
+
+def _control_routes() -> list[web.RouteDef]:
+    def post(path: str, spec: _Spec, action: Callable[[MdEngine, dict[str, Any]], dict[str, Any]]) -> web.RouteDef:
+        async def handler(request: web.Request) -> web.Response:
+            return _json(action(request.app[MD_KEY], _fields(await _body(request), spec)))
+        return web.post(path, handler)
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(request.app[MD_KEY].stats())
+
+    async def get_config(request: web.Request) -> web.Response:
+        return _json(request.app[MD_KEY].apply_config({}))
+
+    async def set_config(request: web.Request) -> web.Response:
+        return _json(request.app[MD_KEY].apply_config(await _body(request)))
+
+    return [
+        web.get("/_sim/md/stats", stats),
+        web.get("/_sim/md/config", get_config),
+        web.post("/_sim/md/config", set_config),
+        post("/_sim/md/rate", {"rate": (NUM, ...), "channel": OPT_STR, "symbol": OPT_STR},
+             lambda e, a: e.set_rate(**a)),
+        post("/_sim/md/gap", {"symbol": ((str,), ...), "market": OPT_STR, "count": ((int,), 1)},
+             lambda e, a: e.inject_gap(**a)),
+        post("/_sim/md/checksum", {"symbol": ((str,), ...), "market": OPT_STR},
+             lambda e, a: e.bad_checksum(**a)),
+        post("/_sim/md/silence",
+             {"channel": ((str,), ...), "symbol": ((str,), ...), "market": OPT_STR, "enabled": ((bool,), True)},
+             lambda e, a: e.silence(**a)),
+        post("/_sim/md/drop", {}, lambda e, a: {"ok": True, "dropped": e.drop()}),
+        post("/_sim/md/reset", {"drop_connections": ((bool,), True)}, lambda e, a: e.reset(a["drop_connections"])),
+    ]
+
+
+# ---------------------------------------------------------------------------------------- the clock
+def _add_clock(app: web.Application, engine: MdEngine) -> None:
+    """Run ``engine.tick`` every TICK_S while the app runs."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            dt, last = min(now - last, 1.0), now   # no catch-up burst after a long pause
+            try:
+                engine.tick(dt)
+            except Exception:   # noqa: BLE001 - the market must keep moving
+                log.exception("%s market-data tick failed", engine.name)
+
+    async def start(_app: web.Application) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(run()))
+
+    async def stop(_app: web.Application) -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
+        engine.drop()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+
+
+# ---------------------------------------------------------------------------------------- WebSocket
+def _ws_route(kind: str, on_text: Callable[[Any, MdClient, str], None]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A market-data WebSocket endpoint: text frames in (``on_text``), queued text frames out."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        engine = request.app[MD_KEY]
+        if len(engine.clients) >= engine.config.max_clients:
+            engine.counters["rejected_connections"] += 1
+            return web.Response(status=429, text="too many connections")
+        ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=64 * 1024, timeout=3.0)
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=400, text="WebSocket upgrade expected")
+        await ws.prepare(request)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(MD_QUEUE_MAX)
+
+        def send(text: str) -> None:
+            try:
+                queue.put_nowait(text)
+            except asyncio.QueueFull:
+                engine.counters["closed_slow_consumer"] += 1
+                close()
+
+        def close() -> None:
+            engine.remove_client(client)
+            if request.transport is not None:
+                request.transport.abort()
+
+        async def writer() -> None:
+            while (text := await queue.get()) is not None:
+                await ws.send_str(text)
+
+        client = MdClient(f"{id(ws) & 0xFFFFFFFF:08x}", kind, send, close)
+        engine.add_client(client)
+        write_task = asyncio.create_task(writer())
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    engine.counters["messages_in"] += 1
+                    try:
+                        on_text(engine, client, msg.data)
+                    except Exception:   # noqa: BLE001 - one bad message must not kill the connection
+                        log.exception("%s market-data request failed", engine.name)
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            engine.remove_client(client)
+            write_task.cancel()
+            await asyncio.gather(write_task, return_exceptions=True)
+        return ws
+
+    return handler
+
+
+def _wrap_okx_public(venue: Any, engine: OkxMd) -> None:
+    """Route ``/ws/v5/public`` requests by channel: ``instruments`` stays with the venue, every
+    market-data channel goes to the engine (answered on the same connection)."""
+    venue_message = venue.ws_message
+
+    def ws_message(client: Any, text: str) -> None:
+        if text != "ping":
+            try:
+                req = json.loads(text)
+            except ValueError:
+                req = None
+            if isinstance(req, dict) and req.get("op") in ("subscribe", "unsubscribe") and isinstance(
+                    req.get("args"), list):
+                listing_args, md_args = [], []
+                for a in req["args"]:
+                    (listing_args if isinstance(a, dict) and a.get("channel") == "instruments" else md_args).append(a)
+                if md_args:
+                    engine.handle_args(client, "public", req["op"], md_args)
+                    if not listing_args:
+                        return
+                    text = json.dumps({"op": req["op"], "args": listing_args}, separators=(",", ":"))
+        venue_message(client, text)
+
+    venue.ws_message = ws_message
+
+
+# ---------------------------------------------------------------------------------------- Binance REST
+def _binance_error(code: int, msg: str, status: int = 400, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"code": code, "msg": msg}, status=status, headers=headers)
+
+
+def _charge(state: Any, weight: int) -> tuple[web.Response | None, dict[str, str]]:
+    """USDⓈ-M request weight (rolling minute, 429 past the limit), as ``server._charge`` does."""
+    ok, used, retry_after = state.charge_weight("fapi", weight)
+    headers = {"X-MBX-USED-WEIGHT": str(used), "X-MBX-USED-WEIGHT-1M": str(used)}
+    if ok:
+        return None, headers
+    headers["Retry-After"] = str(retry_after)
+    return _binance_error(
+        -1003, f"Too much request weight used; current limit is {state.weight_limit('fapi')} request weight "
+        "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.", 429, headers), headers
+
+
+def _usdm_depth_weight(limit: int) -> int:
+    return 2 if limit <= 50 else {100: 5, 500: 10, 1000: 20}[limit]
+
+
+async def _fapi_depth(request: web.Request) -> web.Response:
+    engine: BinanceMd = request.app[MD_KEY]   # type: ignore[assignment]
+    state = engine.state
+    q = request.query
+    raw_limit = q.get("limit", "500")
+    if not raw_limit.isdigit() or len(raw_limit) > 10:
+        return _binance_error(-1100, "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.")
+    limit = int(raw_limit)
+    if limit not in USDM_DEPTH_LIMITS:
+        return _binance_error(-1130, "Data sent for parameter 'limit' is not valid.")
+    rejected, headers = _charge(state, _usdm_depth_weight(limit))
+    if rejected:
+        return rejected
+    symbol = q.get("symbol")
+    if not symbol:
+        return _binance_error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                              headers=headers)
+    try:
+        body = engine.depth_body("usdm", symbol, limit, empty=bool(request.get("sim_empty")))
+    except SimError:
+        return _binance_error(-1121, "Invalid symbol.", headers=headers)
+    return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
+
+
+async def _fapi_open_interest(request: web.Request) -> web.Response:
+    engine: BinanceMd = request.app[MD_KEY]   # type: ignore[assignment]
+    rejected, headers = _charge(engine.state, 1)
+    if rejected:
+        return rejected
+    symbol = request.query.get("symbol")
+    if not symbol:
+        return _binance_error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                              headers=headers)
+    try:
+        body = engine.open_interest_body(symbol)
+    except SimError:
+        return _binance_error(-1121, "Invalid symbol.", headers=headers)
+    return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
+
+
+async def _futures_data(request: web.Request) -> web.Response:
+    engine: BinanceMd = request.app[MD_KEY]   # type: ignore[assignment]
+    rejected, headers = _charge(engine.state, 1)   # own IP limit on Binance; visible in the budget here
+    if rejected:
+        return rejected
+    q = request.query
+    symbol, period = q.get("symbol"), q.get("period")
+    if not symbol or not period:
+        name = "symbol" if not symbol else "period"
+        return _binance_error(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
+                              headers=headers)
+    if period not in STAT_PERIODS:
+        return _binance_error(-1120, "Invalid interval.", headers=headers)
+    raw_limit = q.get("limit", "30")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit[:6]) <= 500:
+        return _binance_error(-1130, "Data sent for parameter 'limit' is not valid.", headers=headers)
+    try:
+        body = engine.long_short_body(request.path, symbol, period, int(raw_limit))
+    except SimError:
+        return _binance_error(-1121, "Invalid symbol.", headers=headers)
+    return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
+
+
+# ---------------------------------------------------------------------------------------- wiring
+def attach(app: web.Application, name: str, *, state: Any = None, venue: Any = None,
+           config: MdConfig | None = None, seed: int | None = None) -> MdEngine | None:
+    """Add ``name``'s market-data routes to its existing app (None when it has no market data)."""
+    engine: MdEngine
+    if name == "binance":
+        engine = BinanceMd(state, config, seed)
+        app.add_routes([
+            web.get("/fapi/v1/depth", _fapi_depth),
+            web.get("/fapi/v1/openInterest", _fapi_open_interest),
+            *(web.get(path, _futures_data) for path in LONG_SHORT_KINDS),
+        ])
+    elif name == "okx":
+        okx = OkxMd(venue, config, seed)
+        engine = okx
+        _wrap_okx_public(venue, okx)
+        # the venue's own REST table: its middleware then counts and faults these paths too
+        venue.route_handlers[OKX_BOOKS_PATH] = lambda q, mode: okx.books_body(q.get("instId"), q.get("sz"),
+                                                                              empty=mode.empty)
+        venue.route_handlers[OKX_RUBIK_PATH] = lambda q, mode: okx.long_short_body(q.get("ccy"), q.get("period"))
+
+        async def rest(request: web.Request) -> web.Response:
+            status, body = venue.route_handlers[request.path](request.query, request.get("sim_mode", NORMAL))
+            return web.Response(body=body, status=status, headers={"Content-Type": JSON_CT})
+
+        app.add_routes([
+            web.get(OKX_BOOKS_PATH, rest),
+            web.get(OKX_RUBIK_PATH, rest),
+            web.get("/ws/v5/business", _ws_route("business", lambda e, c, t: e.request(c, "business", t))),
+        ])
+    elif name == "bybit":
+        engine = BybitMd(venue, config, seed)
+        app.add_routes([web.get(f"/v5/public/{category}", _ws_route(category, lambda e, c, t: e.request(c, t)))
+                        for category in ("spot", "linear")])
+    else:
+        return None
+    app[MD_KEY] = engine
+    app.add_routes(_control_routes())
+    _add_clock(app, engine)
+    return engine
+
+
+@web.middleware
+async def _md_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SimError as exc:
+        return _json({"ok": False, "error": exc.message}, status=exc.status)
+
+
+def build_md_app(name: str, ports: dict[str, str] | None = None, config: MdConfig | None = None,
+                 seed: int | None = None) -> web.Application:
+    """The app of an exchange served for market data only (``MD_ONLY_EXCHANGES``), on its own port."""
+    if name != "deribit":
+        raise ValueError(f"no market-data-only exchange {name!r}")
+    app = web.Application(middlewares=[_md_middleware], client_max_size=1024 * 1024)
+    engine = DeribitMd(config, seed)
+    app[MD_KEY] = engine
+    app[_MD_PORTS_KEY] = ports if ports is not None else {}
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(request.app[MD_KEY].stats())
+
+    async def reset(request: web.Request) -> web.Response:
+        args = _fields(await _body(request), {"drop_connections": ((bool,), True)})
+        return _json(request.app[MD_KEY].reset(args["drop_connections"]))
+
+    async def ports_handler(request: web.Request) -> web.Response:
+        return _json({"exchange": name, "ports": request.app[_MD_PORTS_KEY]})
+
+    app.add_routes([
+        web.get("/ws/api/v2", _ws_route("deribit", lambda e, c, t: e.request(c, t))),
+        web.get("/_sim/stats", stats),
+        web.post("/_sim/reset", reset),
+        web.get("/_sim/ports", ports_handler),
+        *_control_routes(),
+    ])
+    _add_clock(app, engine)
+    return app
