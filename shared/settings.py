@@ -14,10 +14,12 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     SettingsError,
@@ -109,6 +111,32 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+#: exchanges with market data only (no listings source)
+MARKET_DATA_ONLY: tuple[str, ...] = ("deribit",)
+#: market-data types a worker can collect (``channels``); each exchange supports a subset
+MD_CHANNELS: tuple[str, ...] = (
+    "trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short",
+    "volatility_index",
+)
+#: markets the market-data settings can select (``markets``)
+MD_MARKETS: tuple[str, ...] = ("spot", "perp")
+#: kline intervals in our spelling (an exchange supports a subset)
+KLINE_INTERVALS: tuple[str, ...] = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h",
+                                    "1d", "3d", "1w", "1M")
+#: long/short ratio sample periods (an exchange supports a subset)
+LONG_SHORT_PERIODS: tuple[str, ...] = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+
+
+def _subset(v: list[str] | None, known: tuple[str, ...], what: str) -> list[str] | None:
+    if v is None:
+        return None
+    bad = [x for x in v if x not in known]
+    if bad:
+        raise ValueError(f"unknown {what} {', '.join(repr(str(b)[:20]) for b in bad[:5])} "
+                         f"(known: {', '.join(known)})")
+    return list(dict.fromkeys(v))
+
+
 class ExchangeSettings(_Section):
     """One exchange's worker. The same keys exist for every exchange name."""
 
@@ -154,6 +182,36 @@ class ExchangeSettings(_Section):
     #: treated as truncated (an outage): no symbol's missing count advances
     delist_max_fraction: float = Field(0.1, gt=0, le=1)
 
+    # ---- market data (issue 4): off by default, so listing-only deployments are unchanged ----
+    #: collect the market-data channels below for ``symbols`` (trades then come from the
+    #: market-data feeds, on every selected market, instead of the spot trade stream)
+    market_data: bool = False
+    #: data types to collect; None = every type the exchange supports (see MD_CHANNELS). The
+    #: ``trade`` channel also needs ``trades: true``
+    channels: list[str] | None = None
+    #: markets to collect (spot, perp); None = every market the exchange has market data for
+    markets: list[str] | None = None
+    kline_intervals: list[str] = Field(default_factory=lambda: ["1m", "5m", "1h"])
+    #: price levels per side kept in each local order book
+    book_depth: int = Field(1000, ge=1, le=5000)
+    #: levels per side in published ``book`` events (at most book_depth)
+    book_top_n: int = Field(20, ge=1, le=1000)
+    #: seconds between ``book`` publishes of a changed book
+    book_publish_interval: float = Field(1.0, ge=0.01, le=3600)
+    #: top: periodic top-N ``book`` events; delta: every applied update as ``book_delta``; both
+    book_mode: Literal["top", "delta", "both"] = "top"
+    #: the first book comes over the WebSocket; false = from REST with buffered updates (OKX, after
+    #: it withdraws the WS snapshot)
+    book_ws_snapshot: bool = True
+    #: open-interest and long/short REST polls, seconds
+    rest_poll_interval: float = Field(60.0, ge=1, le=86400)
+    long_short_period: str = "5m"
+    #: a subscription acknowledged (or just sent) that brings no data within this many seconds is a
+    #: failure: resubscribed alone (3 in a row reconnect its connection)
+    subscribe_timeout: float = Field(30.0, gt=0, le=3600)
+    #: a subscription (with periodic data) silent this long is a failure, handled as above
+    stream_stale_timeout: float = Field(60.0, gt=0, le=86400)
+
     @field_validator("rest_url", "ws_url")
     @classmethod
     def _check_base(cls, v: str | None) -> str | None:
@@ -171,6 +229,44 @@ class ExchangeSettings(_Section):
         if bad:
             raise ValueError(f"not canonical BASE-QUOTE symbols: {', '.join(repr(b[:40]) for b in bad[:5])}")
         return list(dict.fromkeys(v))
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, v: list[str] | None) -> list[str] | None:
+        return _subset(v, MD_CHANNELS, "channel")
+
+    @field_validator("markets")
+    @classmethod
+    def _check_markets(cls, v: list[str] | None) -> list[str] | None:
+        v = _subset(v, MD_MARKETS, "market")
+        if v is not None and not v:
+            raise ValueError("must name at least one market (or be left out for all)")
+        return v
+
+    @field_validator("kline_intervals")
+    @classmethod
+    def _check_intervals(cls, v: list[str]) -> list[str]:
+        return _subset(v, KLINE_INTERVALS, "kline interval") or []
+
+    @field_validator("long_short_period")
+    @classmethod
+    def _check_period(cls, v: str) -> str:
+        if v not in LONG_SHORT_PERIODS:
+            raise ValueError(f"must be one of {', '.join(LONG_SHORT_PERIODS)}")
+        return v
+
+    @field_validator("book_top_n")
+    @classmethod
+    def _check_top_n(cls, v: int, info: ValidationInfo) -> int:
+        depth = info.data.get("book_depth")
+        if isinstance(depth, int) and v > depth:
+            raise ValueError(f"must not exceed book_depth ({depth})")
+        return v
+
+    def md_channels(self, supported: tuple[str, ...] | frozenset[str]) -> list[str]:
+        """The channels to collect on an exchange supporting ``supported`` (``trade`` needs trades)."""
+        wanted = self.channels if self.channels is not None else list(MD_CHANNELS)
+        return [c for c in wanted if c in supported and (c != "trade" or self.trades)]
 
 
 class BinanceSettings(ExchangeSettings):
@@ -210,13 +306,25 @@ class ChannelSettings(_Section):
     put_timeout: float = Field(0.05, ge=0, le=5)
 
 
+#: MAXLEN per stream class: the high-rate types keep ~100k entries, snapshots-like types (one
+#: ``book`` top per symbol per second, klines, tickers, statistics) fewer. ``book_gap`` markers are
+#: XADDed into the book AND book_delta streams, so they get the larger of the two (a marker must
+#: never trim a delta stream below its own MAXLEN).
+DEFAULT_MAXLEN: dict[str, int] = {
+    "default": 100_000, "listing": 100_000, "trade": 100_000, "book": 10_000, "book_delta": 100_000,
+    "book_gap": 100_000, "bbo": 100_000, "ticker": 10_000, "kline": 10_000, "funding": 10_000,
+    "open_interest": 10_000, "liquidation": 10_000, "long_short": 10_000, "volatility_index": 10_000,
+}
+
+
 class PublisherSettings(_Section):
     dedup_window: float = Field(300.0, gt=0)
     dedup_max_keys: int = Field(2_000_000, ge=1000)
     #: events per second per stream class; 0 or absent = unlimited
     rate_limits: dict[str, float] = Field(default_factory=lambda: {"listing": 100.0})
-    #: MAXLEN ~ per stream class; "default" for classes not named
-    maxlen: dict[str, int] = Field(default_factory=lambda: {"default": 100_000, "listing": 100_000})
+    #: MAXLEN ~ per stream class; "default" for classes not named. Keys given in the config replace
+    #: these defaults one by one (the others stay)
+    maxlen: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MAXLEN))
     #: events held while Redis is unreachable; beyond it new events are dropped and counted
     buffer_max_events: int = Field(500_000, ge=100)
     #: XADDs per pipelined round trip
@@ -226,6 +334,14 @@ class PublisherSettings(_Section):
     #: Redis reconnect backoff, seconds
     retry_initial: float = Field(0.1, gt=0)
     retry_max: float = Field(5.0, gt=0)
+
+    @field_validator("maxlen")
+    @classmethod
+    def _merge_maxlen(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, n in v.items() if not isinstance(n, int) or n < 1]
+        if bad:
+            raise ValueError(f"must be >= 1 (class {str(bad[0])[:32]!r})")
+        return {**DEFAULT_MAXLEN, **v}
 
 
 class SupervisorSettings(_Section):
@@ -397,6 +513,12 @@ def load_settings(config_path: str | Path | None = None, **cli_overrides: Any) -
         settings.redis.resolved_password()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    for name in MARKET_DATA_ONLY:
+        ex = getattr(settings.exchanges, name)
+        if ex.enabled and not ex.market_data:
+            # no listings source: its worker would have nothing to collect
+            raise ConfigError(f"config error: exchanges.{name}.market_data: {name} has market data only "
+                              f"(no listings); enabling it needs market_data: true and symbols")
     object.__setattr__(settings, "_yaml_path", yaml_path)
     return settings
 

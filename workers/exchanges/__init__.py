@@ -24,6 +24,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "bingx": ("workers.exchanges.bingx", "BingxSpot"),
     "phemex": ("workers.exchanges.phemex", "PhemexAdapter"),
     "whitebit": ("workers.exchanges.whitebit", "WhitebitAdapter"),
+    "deribit": ("workers.exchanges.deribit", "Deribit"),  # market data only (no listings)
 }
 
 #: exchanges with a working adapter; the others are known names waiting for one

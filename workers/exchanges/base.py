@@ -13,12 +13,16 @@ The transport still guards every call, so a parser bug costs one frame, not the 
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence, Mapping
 
 from shared.events import InstrumentInfo, WireEvent
 from shared.marketdata import BookMsg
+
+if TYPE_CHECKING:
+    from shared.settings import ExchangeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,33 @@ class ParseResult:
     books: list[BookMsg] = field(default_factory=list)
     #: instruments pushed by a listing channel (a partial update: only what the frame carried)
     instruments: list[InstrumentInfo] = field(default_factory=list)
+    #: the subscription (stream / topic / channel, as the feed subscribed it) the frame belongs to,
+    #: set by market-data parsers: the transport tracks freshness per subscription with it
+    topic: str | None = None
+
+
+def with_topic(res: ParseResult, topic: str, shared: frozenset[int] = frozenset()) -> ParseResult:
+    """``res`` marked as data of ``topic``; parsers hand out shared constant results, so one whose
+    ``id`` is in ``shared`` is copied first (a shared result is never mutated)."""
+    if id(res) in shared:
+        res = ParseResult(events=[], data=res.data, rotate=res.rotate, replies=list(res.replies),
+                          rejected=res.rejected, parse_errors=res.parse_errors, error=res.error)
+    res.topic = topic
+    return res
+
+
+@dataclass(frozen=True, slots=True)
+class RestPoll:
+    """A market-data REST request: polled every ``interval`` seconds (open interest, long/short
+    ratios) or fetched on demand (book snapshots, ``interval`` 0). ``parse(body, rx_ns, rx_ms)``
+    is pure: the parsed JSON body -> events and/or book messages."""
+
+    url: str
+    weight: int
+    interval: float
+    parse: Callable[[Any, int, int], ParseResult]
+    #: what it is, for logs and stats (``open_interest BTCUSDT``)
+    label: str = ""
 
 
 class InstrumentList(list):
@@ -145,6 +176,13 @@ class WsFeed:
     max_send_rate: ClassVar[float] = 5.0
     #: a forced connection lifetime, seconds (None = none known)
     max_connection_lifetime: ClassVar[float | None] = None
+    #: single-subscription resubscribes per connection per second (exchanges count (un)subscribe
+    #: ops: OKX 480/h) and their burst
+    resubscribe_rate: ClassVar[float] = 1.0
+    resubscribe_burst: ClassVar[float] = 5.0
+    #: new connections per second for the whole exchange (IP limits: OKX 3/s, Binance 300/5 min);
+    #: 0 = not limited
+    connect_rate: ClassVar[float] = 0.0
 
     def ws_url(self, streams: Sequence[str]) -> str:
         """The URL of a connection carrying ``streams`` (at default bases; the transport
@@ -158,6 +196,35 @@ class WsFeed:
     def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
         """Pure: one raw message -> events and flags. ``rx_ns`` monotonic ns, ``rx_ms`` epoch ms."""
         raise NotSupported(f"{type(self).__name__} does not implement this")
+
+    # ---- per-subscription control (market-data feeds) ----
+    def resubscribe_messages(self, streams: Sequence[str]) -> list[str] | None:
+        """Messages that unsubscribe and subscribe ``streams`` again on a live connection (the
+        exchange then resends what a new subscription gets, e.g. a book snapshot); None = the
+        exchange cannot (resubscribing then means reconnecting the connection carrying them)."""
+        return None
+
+    def watch_topic(self, stream: str) -> bool:
+        """Whether ``stream`` carries data often enough that silence means a broken subscription
+        (book diffs, tickers, klines, mark price). Event-driven streams (trades, liquidations)
+        can be silent for hours on a quiet market: False. Parsers must set ParseResult.topic."""
+        return False
+
+    def book_stream(self, market: str, native: str) -> str | None:
+        """The stream carrying the order book of ``native`` on ``market`` (resubscribed to resync
+        it), or None when this feed does not carry it."""
+        return None
+
+
+#: exchange -> module with its market-data declarations: ``market_data_feeds(cfg)``,
+#: ``market_data_polls(cfg)``, ``book_snapshot_request(market, native, cfg)``,
+#: ``market_data_problem(cfg)`` and ``book_rest_budget(cfg)``
+MARKET_DATA_MODULES: dict[str, str] = {
+    "binance": "workers.exchanges.binance_md",
+    "okx": "workers.exchanges.okx_md",
+    "bybit": "workers.exchanges.bybit_md",
+    "deribit": "workers.exchanges.deribit",
+}
 
 
 class ExchangeAdapter(WsFeed):
@@ -182,6 +249,8 @@ class ExchangeAdapter(WsFeed):
     rest_ban_statuses: ClassVar[dict[int, float]] = {}
     #: whether this adapter implements trade streams (listings-only adapters say False)
     supports_trades: ClassVar[bool] = True
+    #: whether this adapter implements instruments polling (market-data-only adapters say False)
+    supports_listings: ClassVar[bool] = True
 
     def __init__(self, symbols: Sequence[str] = ()) -> None:
         self.symbols: list[str] = list(dict.fromkeys(symbols))
@@ -224,3 +293,53 @@ class ExchangeAdapter(WsFeed):
         (then nothing must be concluded from it, e.g. no "everything was delisted").
         """
         raise NotSupported(f"{type(self).__name__} does not implement this")
+
+    # ---- market data (declared by the exchange's market-data module) ----
+    def _md_module(self) -> Any:
+        path = MARKET_DATA_MODULES.get(self.name)
+        if path is None:
+            raise NotSupported(f"{self.name or type(self).__name__}: no market data")
+        return importlib.import_module(path)
+
+    @property
+    def supports_market_data(self) -> bool:
+        return self.name in MARKET_DATA_MODULES
+
+    def market_data_problem(self, cfg: "ExchangeSettings") -> str | None:
+        """One line ``<setting>: why`` when the market-data settings cannot work here, else None."""
+        return self._md_module().market_data_problem(cfg)
+
+    def market_data_feeds(self, cfg: "ExchangeSettings") -> list[tuple[WsFeed, list[str]]]:
+        """(feed, streams) of every market-data WebSocket the settings ask for (one WsManager each)."""
+        return self._md_module().market_data_feeds(cfg)
+
+    def market_data_polls(self, cfg: "ExchangeSettings") -> list[RestPoll]:
+        """The periodic market-data REST requests (open interest, long/short ratios)."""
+        return self._md_module().market_data_polls(cfg)
+
+    def book_snapshot_request(self, market: str, native: str, cfg: "ExchangeSettings") -> RestPoll | None:
+        """The REST depth snapshot of one book (Binance, OKX without WS snapshot), or None."""
+        return self._md_module().book_snapshot_request(market, native, cfg)
+
+    def book_rest_budget(self, cfg: "ExchangeSettings") -> tuple[int, float]:
+        """(weight of the heaviest snapshot request, weight per second snapshots may use)."""
+        return self._md_module().book_rest_budget(cfg)
+
+
+def md_markets(cfg: Any, supported: Mapping[str, Any], default: Sequence[str] = ("spot", "perp")) -> list[str]:
+    """The configured markets (``default`` when unset) that the exchange has market data on."""
+    wanted = cfg.markets if cfg.markets is not None else default
+    return [m for m in wanted if m in supported]
+
+
+def unsupported_channels(cfg: Any, exchange: str, supported: Mapping[str, Any], hint: str = "",
+                         default: Sequence[str] = ("spot", "perp")) -> str | None:
+    """``channels: ... not available ...`` when configured channels are not in ``supported``
+    (market -> channel names) for the configured markets, else None."""
+    markets = md_markets(cfg, supported, default)
+    have = {c for m in markets for c in supported[m]}
+    missing = [c for c in (cfg.channels or ()) if c not in have]
+    if not missing:
+        return None
+    return (f"channels: {', '.join(missing)} not available on {exchange} {'/'.join(markets)} "
+            f"(available: {', '.join(sorted(have))}{'; ' + hint if hint else ''})")

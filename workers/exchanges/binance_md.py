@@ -26,7 +26,7 @@ from shared.marketdata import (
 )
 from shared.symbols import is_safe_native_symbol
 
-from .base import ParseResult
+from .base import KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, unsupported_channels, with_topic
 
 EXCHANGE = "binance"
 
@@ -45,6 +45,7 @@ _GARBAGE = ParseResult(parse_errors=1)
 _MALFORMED = ParseResult(data=True, parse_errors=1)
 _REJECTED = ParseResult(data=True, rejected=1)
 _SHUTDOWN = ParseResult(rotate=True)
+_SHARED = frozenset(map(id, (_IGNORED, _IGNORED_DATA, _GARBAGE, _MALFORMED, _REJECTED, _SHUTDOWN)))
 
 _MAX_STREAM_NAME = 200
 #: ``btcusdt@depth20@100ms`` / ``ethusdt@depth5``: a top-N book, not a diff
@@ -133,9 +134,11 @@ def parse_message(raw: str | bytes, symbols: Symbols, rx_ns: int, rx_ms: int, *,
             name = msg["stream"]
             if type(name) is not str or len(name) > _MAX_STREAM_NAME:
                 return _MALFORMED
-            return _payload(msg["data"], name, symbols, rx_ns, rx_ms)
+            res = _payload(msg["data"], name, symbols, rx_ns, rx_ms)
+            return with_topic(res, name, _SHARED) if res.data else res
         if "e" in msg or "lastUpdateId" in msg or ("u" in msg and "s" in msg):
-            return _payload(msg, stream, symbols, rx_ns, rx_ms)
+            res = _payload(msg, stream, symbols, rx_ns, rx_ms)
+            return with_topic(res, stream, _SHARED) if res.data and stream is not None else res
         if "id" in msg and "result" in msg:
             return _IGNORED  # SUBSCRIBE ack / LIST_SUBSCRIPTIONS reply
         if "code" in msg and "msg" in msg:
@@ -612,3 +615,203 @@ def long_short_request(native: str, kind: str, period: str, limit: int = 1) -> R
     if path is None or period not in STAT_PERIODS or type(limit) is not int or not 1 <= limit <= 500:
         raise ValueError(f"bad long/short request: {kind!r} {period!r} {limit!r}")
     return RestCall(f"{USDM_REST_BASE}{path}?symbol={native}&period={period}&limit={limit}", 1)
+
+
+# ---------------------------------------------------------------- market-data runtime glue
+#
+# What the worker's market-data runner needs (declared per exchange, see base.MARKET_DATA_MODULES):
+# spot = one feed on stream.binance.com; USD-M = two feeds, /public (depth, bookTicker) and
+# /market (the rest), because a stream on the wrong route is ACKed and then silent. Streams are
+# named in the URL (combined streams); SUBSCRIBE/UNSUBSCRIBE resubscribe one stream live.
+
+#: normalized types per market
+MD_SUPPORTED: dict[str, tuple[str, ...]] = {
+    "spot": ("trade", "book", "bbo", "ticker", "kline"),
+    "perp": ("trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short"),
+}
+#: channel -> stream kind per market (USD-M trades: aggTrade, whose route is documented)
+_MD_STREAMS = {
+    "spot": {"trade": "trade", "book": "depth", "bbo": "bookTicker", "ticker": "ticker"},
+    "perp": {"trade": "aggTrade", "book": "depth", "bbo": "bookTicker", "ticker": "ticker",
+             "funding": "markPrice", "liquidation": "forceOrder"},
+}
+#: spot REST weight budget (per IP, per minute); snapshots may use this share of it per second
+REST_WEIGHT_LIMIT, REST_WEIGHT_WINDOW = 6000, 60.0
+SNAPSHOT_SHARE = 0.4
+#: /futures/data/* have their own IP limit: 1000 requests / 5 min; polls stay below 2.5/s
+LONG_SHORT_MAX_RATE = 2.5
+
+
+def _md_markets(cfg: Any) -> list[str]:
+    return md_markets(cfg, MD_SUPPORTED)
+
+
+def md_symbols(cfg: Any, market: str) -> dict[str, tuple[str, str]]:
+    """native (``BTCUSDT``) -> (canonical, market) for the configured symbols on ``market``."""
+    out: dict[str, tuple[str, str]] = {}
+    for sym in cfg.symbols:
+        base, _, quote = sym.partition("-")
+        out.setdefault(base + quote, (sym, market))
+    return out
+
+
+def market_data_problem(cfg: Any) -> str | None:
+    """``setting: why`` when the market-data settings ask for something Binance does not have."""
+    markets = _md_markets(cfg)
+    problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED)
+    if problem is not None:
+        return problem
+    have = {c for m in markets for c in MD_SUPPORTED[m]}
+    if "perp" in markets and "kline" in cfg.md_channels(have) and "1s" in cfg.kline_intervals:
+        return "kline_intervals: 1s klines exist on binance spot only"
+    return None
+
+
+def _streams(native: str, market: str, channels: list[str], intervals: list[str]) -> list[str]:
+    out = []
+    for c in channels:
+        if c == "kline":
+            out.extend(stream_name(native, "kline", interval=i) for i in intervals
+                       if not (market != "spot" and i == "1s"))
+        elif c in _MD_STREAMS[market]:
+            out.append(stream_name(native, _MD_STREAMS[market][c]))
+    return out
+
+
+def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
+    """(feed, streams): spot on stream.binance.com; USD-M on fstream /public and /market."""
+    feeds: list[tuple[WsFeed, list[str]]] = []
+    for market in _md_markets(cfg):
+        channels = cfg.md_channels(MD_SUPPORTED[market])
+        symbols = md_symbols(cfg, market)
+        streams = [st for native in symbols for st in _streams(native, market, channels, cfg.kline_intervals)]
+        if not streams:
+            continue
+        if market == "spot":
+            feeds.append((BinanceMdFeed("spot", symbols, None, "book" in channels), streams))
+            continue
+        by_route: dict[str, list[str]] = {}
+        for st in streams:
+            by_route.setdefault(usdm_route(st), []).append(st)
+        for route in ("public", "market"):
+            if by_route.get(route):
+                feeds.append((BinanceMdFeed("perp", symbols, route, route == "public" and "book" in channels),
+                              by_route[route]))
+    for feed, streams in feeds:
+        # liquidations alone can be silent for minutes and Binance's pings never reach the reader:
+        # such a connection is watched by our own ping/pong instead of the stale timeout
+        feed.quiet = all(st.endswith("@forceOrder") for st in streams)
+    return feeds
+
+
+def market_data_polls(cfg: Any) -> list[RestPoll]:
+    """USD-M open interest and the three long/short ratios, per perp symbol."""
+    if "perp" not in _md_markets(cfg):
+        return []
+    channels = cfg.md_channels(MD_SUPPORTED["perp"])
+    symbols = md_symbols(cfg, "perp")
+    polls: list[RestPoll] = []
+    if "open_interest" in channels:
+        for native in symbols:
+            call = open_interest_request(native)
+            polls.append(RestPoll(call.url, call.weight, cfg.rest_poll_interval,
+                                  _oi_parser(symbols), f"open_interest {native}"))
+    if "long_short" in channels:
+        period = cfg.long_short_period
+        n = len(symbols) * len(LONG_SHORT_PATHS)
+        # stay under the statistics endpoints' own IP limit however many symbols are configured
+        interval = max(cfg.rest_poll_interval, n / LONG_SHORT_MAX_RATE)
+        for native in symbols:
+            for kind in LONG_SHORT_PATHS:
+                call = long_short_request(native, kind, period, limit=1)
+                polls.append(RestPoll(call.url, call.weight, interval, _ls_parser(kind, period, symbols),
+                                      f"long_short_{kind} {native}"))
+    return polls
+
+
+def _oi_parser(symbols: Symbols) -> Callable[[Any, int, int], ParseResult]:
+    return lambda body, rx_ns, rx_ms: parse_open_interest(body, symbols, rx_ns, rx_ms)
+
+
+def _ls_parser(kind: str, period: str, symbols: Symbols) -> Callable[[Any, int, int], ParseResult]:
+    return lambda body, rx_ns, rx_ms: parse_long_short_ratio(body, kind, period, symbols, rx_ns, rx_ms)
+
+
+def snapshot_limit(market: str, depth: int) -> int:
+    """The REST depth ``limit`` covering a local book of ``depth`` levels (spot: 1-5000; USD-M:
+    the smallest allowed value >= depth, at most 1000)."""
+    if market == "spot":
+        return max(1, min(SPOT_DEPTH_LIMIT_MAX, depth))
+    return next((lim for lim in USDM_DEPTH_LIMITS if lim >= depth), USDM_DEPTH_LIMITS[-1])
+
+
+def book_snapshot_request(market: str, native: str, cfg: Any) -> RestPoll | None:
+    """The depth snapshot a Binance book is synced from (weight by limit)."""
+    if market not in MD_SUPPORTED:
+        return None
+    symbols = md_symbols(cfg, market)
+    if native not in symbols:
+        return None
+    call = depth_request(native, market, snapshot_limit(market, cfg.book_depth))
+    return RestPoll(call.url, call.weight, 0.0,
+                    lambda body, rx_ns, rx_ms: parse_depth_snapshot(body, native, symbols, rx_ms),
+                    f"depth {market} {native}")
+
+
+def book_rest_budget(cfg: Any) -> tuple[int, float, float]:
+    """(weight of the heaviest snapshot, weight/s snapshots may use, burst): 40 % of the IP's
+    weight per second, a quarter of the minute's budget at once (a start-up sync of many books
+    must never eat the listing polls' share)."""
+    weights = [depth_request("BTCUSDT", m, snapshot_limit(m, cfg.book_depth)).weight for m in _md_markets(cfg)]
+    rate = REST_WEIGHT_LIMIT / REST_WEIGHT_WINDOW * SNAPSHOT_SHARE
+    return max(weights or [1]), rate, REST_WEIGHT_LIMIT * 0.25
+
+
+class BinanceMdFeed(WsFeed):
+    """One Binance market-data connection group: spot, or one USD-M route (public | market).
+
+    Keep-alive by the server's ping frames (aiohttp answers them). Binance counts every incoming
+    control message (spot 5/s, USD-M 10/s): the transport paces sends below that."""
+
+    name = "binance"
+    # (interval: our protocol pings when the feed is quiet; unsolicited pings are allowed)
+    keepalive = KeepAlive(server_pings=True, client_ping=False, interval=30.0)
+    max_streams_per_connection = 1024
+    max_connection_lifetime = 24 * 3600.0
+    resubscribe_rate = 1.0
+    #: 300 connection attempts per 5 minutes per IP
+    connect_rate = 1.0
+
+    def __init__(self, market: str, symbols: Symbols, route: str | None = None, books: bool = False) -> None:
+        self.market = market
+        self.symbols = symbols
+        self.route = route
+        self.books = books
+        self.label = f"md {market}" + (f" {route}" if route else "")
+        self.max_send_rate = 5.0 if market == "spot" else 10.0
+        self.default_ws_base = SPOT_WS_BASE if market == "spot" else USDM_WS_BASE
+        self._req_id = 0
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return spot_ws_url(streams) if self.market == "spot" else usdm_ws_url(streams)
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        return parse_message(raw, self.symbols, rx_ns, rx_ms)
+
+    def _control(self, method: str, streams: Sequence[str]) -> str:
+        self._req_id += 1
+        return orjson.dumps({"method": method, "params": list(streams), "id": self._req_id}).decode()
+
+    def resubscribe_messages(self, streams: Sequence[str]) -> list[str] | None:
+        return [self._control("UNSUBSCRIBE", streams), self._control("SUBSCRIBE", streams)]
+
+    def watch_topic(self, stream: str) -> bool:
+        # pushed on a clock whatever the activity: mark price every 1 s, klines every 1-2 s,
+        # the rolling 24 h ticker every 1 s; diffs, trades and liquidations are event-driven
+        kind = stream.partition("@")[2]
+        return kind.startswith(("markPrice", "kline_")) or kind == "ticker"
+
+    def book_stream(self, market: str, native: str) -> str | None:
+        if not self.books or market != self.market or native not in self.symbols:
+            return None
+        return stream_name(native, "depth")

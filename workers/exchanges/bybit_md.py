@@ -30,7 +30,9 @@ import orjson
 
 from shared.marketdata import BookMsg, Level, Liquidation, Ticker, Trade
 
-from .base import ParseResult, short_repr
+from .base import (
+    KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
+)
 from .okx_md import is_decimal_str, is_safe_id, ms_int, opt_decimal, seq_int
 
 EXCHANGE = "bybit"
@@ -57,6 +59,7 @@ _IGNORED_DATA = ParseResult(data=True)
 _GARBAGE = ParseResult(parse_errors=1)
 _MALFORMED_DATA = ParseResult(data=True, parse_errors=1)
 _REJECTED = ParseResult(data=True, rejected=1)
+_SHARED = frozenset(map(id, (_IGNORED, _IGNORED_DATA, _GARBAGE, _MALFORMED_DATA, _REJECTED)))
 
 SymbolMap = Mapping[str, tuple[str, str]]
 
@@ -233,6 +236,12 @@ def parse_message(raw: str | bytes, symbols: SymbolMap, rx_ns: int, rx_ms: int,
         return _parse_control(msg)
     if type(topic) is not str:
         return _GARBAGE
+    res = _parse_topic(msg, topic, symbols, rx_ns, rx_ms, tickers)
+    return with_topic(res, topic, _SHARED) if res.data and len(topic) <= 200 else res
+
+
+def _parse_topic(msg: dict, topic: str, symbols: SymbolMap, rx_ns: int, rx_ms: int,
+                 tickers: BybitTickerMerger | None) -> ParseResult:
     kind, _, rest = topic.partition(".")
     if kind == "publicTrade":
         return _parse_trades(msg, symbols, rx_ns, rx_ms)
@@ -403,3 +412,126 @@ def _parse_legacy_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: 
     if wire is None:
         return _MALFORMED_DATA
     return ParseResult(events=[wire], data=True)
+
+
+# ---- market-data runtime glue (see base.MARKET_DATA_MODULES) ----
+#
+# One feed per category (spot, linear); topics are the subscription names the frames carry.
+# Funding rate and open interest arrive inside the linear ticker (Ticker fields), not as their
+# own types; klines are not normalized yet.
+
+MD_SUPPORTED: dict[str, tuple[str, ...]] = {
+    "spot": ("trade", "book", "ticker"),
+    "perp": ("trade", "book", "ticker", "liquidation"),
+}
+#: REST budget: 600 requests / 5 s per IP; no depth snapshots are fetched (WS snapshots)
+_NO_REST = (1, 1.0, 1.0)
+
+
+def _md_markets(cfg: Any) -> list[str]:
+    return md_markets(cfg, MD_SUPPORTED)
+
+
+def md_native(symbol: str, market: str) -> str:
+    """``BTC-USDT`` -> ``BTCUSDT``; a USDC perpetual is ``BTCPERP`` (linear category)."""
+    base, _, quote = symbol.partition("-")
+    if market == "perp" and quote == "USDC":
+        return f"{base}PERP"
+    return base + quote
+
+
+def md_symbols(cfg: Any, market: str) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for sym in cfg.symbols:
+        out.setdefault(md_native(sym, market), (sym, market))
+    return out
+
+
+def book_depth_for(category: str, depth: int) -> int:
+    """The orderbook topic depth: the smallest one covering ``depth``, else the deepest."""
+    depths = ORDERBOOK_DEPTHS[category]
+    return next((d for d in depths if d >= depth), depths[-1])
+
+
+def market_data_problem(cfg: Any) -> str | None:
+    return unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED, hint="funding and open interest are in the linear ticker")
+
+
+def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
+    feeds: list[tuple[WsFeed, list[str]]] = []
+    for market in _md_markets(cfg):
+        category = CATEGORY_OF_MARKET[market]
+        channels = cfg.md_channels(MD_SUPPORTED[market])
+        symbols = md_symbols(cfg, market)
+        depth = book_depth_for(category, cfg.book_depth)
+        topics: list[str] = []
+        for native in symbols:
+            for c in channels:
+                if c == "trade":
+                    topics.append(trade_topic(native))
+                elif c == "book":
+                    topics.append(orderbook_topic(native, depth))
+                elif c == "ticker":
+                    topics.append(ticker_topic(native))
+                elif c == "liquidation":
+                    topics.append(liquidation_topic(native))
+        if topics:
+            feeds.append((BybitMdFeed(category, symbols, depth if "book" in channels else None), topics))
+    return feeds
+
+
+def market_data_polls(cfg: Any) -> list[RestPoll]:
+    return []
+
+
+def book_snapshot_request(market: str, native: str, cfg: Any) -> RestPoll | None:
+    return None   # every (re)subscribe of an orderbook topic starts with a snapshot
+
+
+def book_rest_budget(cfg: Any) -> tuple[int, float, float]:
+    return _NO_REST
+
+
+class BybitMdFeed(WsFeed):
+    """The public stream of one category. Stateful parser: the linear ticker merger."""
+
+    name = "bybit"
+    default_ws_base = "wss://stream.bybit.com"
+    # the server cuts a connection after 10 min without ping or data; ping every 20 s
+    keepalive = KeepAlive(server_pings=False, client_ping=True, interval=PING_INTERVAL, text_ping=PING)
+    # 21,000 characters of args per connection: 400 topics of up to ~50 characters
+    max_streams_per_connection = 400
+    max_send_rate = 5.0
+    resubscribe_rate = 1.0
+    #: 500 connections per 5 minutes per domain
+    connect_rate = 1.0
+
+    def __init__(self, category: str, symbols: SymbolMap, book_depth: int | None = None) -> None:
+        self.category = category
+        self.symbols = symbols
+        self.book_depth = book_depth
+        self.market = "spot" if category == "spot" else "perp"
+        self.label = f"md {category}"
+        self.parser = BybitParser(symbols)
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return ws_url(self.category)
+
+    def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
+        return subscribe_messages(streams, self.category)
+
+    def resubscribe_messages(self, streams: Sequence[str]) -> list[str] | None:
+        return (subscribe_messages(streams, self.category, op="unsubscribe")
+                + subscribe_messages(streams, self.category))
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        return self.parser.parse(raw, rx_ns, rx_ms)
+
+    def watch_topic(self, stream: str) -> bool:
+        # tickers change with every mark/index price move; books, trades, liquidations are events
+        return stream.startswith("tickers.")
+
+    def book_stream(self, market: str, native: str) -> str | None:
+        if self.book_depth is None or market != self.market or native not in self.symbols:
+            return None
+        return orderbook_topic(native, self.book_depth)

@@ -23,7 +23,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from shared.marketdata import BookMsg, Level, Ticker, Trade, VolatilityIndex
 from shared.symbols import canonical
 
-from .base import ParseResult
+from .base import (
+    ExchangeAdapter, KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, unsupported_channels, with_topic,
+)
 
 EXCHANGE = "deribit"
 WS_URL = "wss://www.deribit.com/ws/api/v2"
@@ -39,6 +41,7 @@ _IGNORED_DATA = ParseResult(data=True)
 _GARBAGE = ParseResult(parse_errors=1)
 _MALFORMED = ParseResult(data=True, parse_errors=1)
 _REJECTED = ParseResult(data=True, rejected=1)
+_SHARED = frozenset(map(id, (_IGNORED, _IGNORED_DATA, _GARBAGE, _MALFORMED, _REJECTED)))
 
 _NUM_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\Z")
 _TRADE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -98,7 +101,9 @@ def parse_message(raw: str | bytes, symbols: Symbols, rx_ns: int, rx_ms: int) ->
         params = msg.get("params")
         if type(params) is not dict or type(params.get("channel")) is not str:
             return _MALFORMED
-        return _notification(params["channel"], params.get("data"), symbols, rx_ns, rx_ms)
+        channel = params["channel"]
+        res = _notification(channel, params.get("data"), symbols, rx_ns, rx_ms)
+        return with_topic(res, channel, _SHARED) if len(channel) <= 200 else res
     if method == "heartbeat":
         params = msg.get("params")
         kind = params.get("type") if type(params) is dict else None
@@ -297,6 +302,11 @@ def subscribe_message(channels: Sequence[str], msg_id: int = 1) -> str:
     return _request("public/subscribe", {"channels": list(channels)}, msg_id)
 
 
+def unsubscribe_message(channels: Sequence[str], msg_id: int = 3) -> str:
+    """``public/unsubscribe`` for ``channels``."""
+    return _request("public/unsubscribe", {"channels": list(channels)}, msg_id)
+
+
 def set_heartbeat_message(interval: int = HEARTBEAT_INTERVAL, msg_id: int = 2) -> str:
     """``public/set_heartbeat``: from then on unanswered test_requests close the connection."""
     if type(interval) is not int or interval < 10:
@@ -394,3 +404,170 @@ def volatility_channel(index_name: str) -> str:
     if type(index_name) is not str or _INDEX_RE.match(index_name) is None:
         raise ValueError(f"not an index name: {str(index_name)[:40]!r}")
     return f"deribit_volatility_index.{index_name}"
+
+
+# ---------------------------------------------------------------- market-data runtime glue
+#
+# One feed on /ws/api/v2: ``public/set_heartbeat`` (30 s) then ``public/subscribe`` in chunks;
+# test_requests are answered through ParseResult.replies. Streams are channel names (the topic
+# the parser reports). Funding and open interest arrive in the ticker; the volatility index
+# (btc_usd, eth_usd) follows the configured symbols' base currency.
+
+MD_SUPPORTED: dict[str, tuple[str, ...]] = {
+    "spot": ("trade", "book", "ticker", "volatility_index"),
+    "perp": ("trade", "book", "ticker", "volatility_index"),
+}
+#: currencies with a DVOL index
+VOLATILITY_CURRENCIES = ("BTC", "ETH")
+#: channels per public/subscribe request
+SUBSCRIBE_CHUNK = 100
+
+
+def _md_markets(cfg: Any) -> list[str]:
+    # default: perpetuals only (Deribit's spot books are small; ask for them with markets: [spot])
+    return md_markets(cfg, MD_SUPPORTED, default=("perp",))
+
+
+def md_native(symbol: str, market: str) -> str | None:
+    """``BTC-USD`` perp -> ``BTC-PERPETUAL`` (inverse); ``SOL-USDC`` perp -> ``SOL_USDC-PERPETUAL``;
+    ``BTC-USDC`` spot -> ``BTC_USDC``; None where Deribit has no such name (USD spot)."""
+    base, _, quote = symbol.partition("-")
+    if market == "perp":
+        name = f"{base}-PERPETUAL" if quote == "USD" else f"{base}_{quote}-PERPETUAL"
+    elif market == "spot" and quote != "USD":
+        name = f"{base}_{quote}"
+    else:
+        return None
+    return name if symbol_entry(name) == (symbol, market) else None
+
+
+def md_symbols(cfg: Any) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for market in _md_markets(cfg):
+        for sym in cfg.symbols:
+            native = md_native(sym, market)
+            if native is not None:
+                out.setdefault(native, (sym, market))
+    for ccy in _vol_currencies(cfg):
+        name = f"{ccy.lower()}_usd"
+        entry = symbol_entry(name)
+        if entry is not None:
+            out[name] = entry
+    return out
+
+
+def _vol_currencies(cfg: Any) -> list[str]:
+    if not any("volatility_index" in cfg.md_channels(MD_SUPPORTED[m]) for m in _md_markets(cfg)):
+        return []
+    bases = dict.fromkeys(sym.partition("-")[0] for sym in cfg.symbols)
+    return [b for b in bases if b in VOLATILITY_CURRENCIES]
+
+
+def market_data_problem(cfg: Any) -> str | None:
+    markets = _md_markets(cfg)
+    problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED, hint="funding and open interest are in the ticker",
+                                   default=("perp",))
+    if problem is not None:
+        return problem
+    named = [sym for sym in cfg.symbols if any(md_native(sym, m) for m in markets)]
+    if cfg.symbols and not named and not _vol_currencies(cfg):
+        return (f"symbols: none is a deribit instrument on {'/'.join(markets)} "
+                f"(perp: BTC-USD, ETH-USD, SOL-USDC ...; spot: BTC-USDC ...)")
+    return None
+
+
+def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
+    streams: list[str] = []
+    books = False
+    for market in _md_markets(cfg):
+        channels = cfg.md_channels(MD_SUPPORTED[market])
+        books = books or "book" in channels
+        for sym in cfg.symbols:
+            native = md_native(sym, market)
+            if native is None:
+                continue
+            for c in channels:
+                if c == "trade":
+                    streams.append(trades_channel(native))
+                elif c == "book":
+                    streams.append(book_channel(native))
+                elif c == "ticker":
+                    streams.append(ticker_channel(native))
+    streams.extend(volatility_channel(f"{ccy.lower()}_usd") for ccy in _vol_currencies(cfg))
+    streams = list(dict.fromkeys(streams))
+    return [(DeribitMdFeed(md_symbols(cfg), books), streams)] if streams else []
+
+
+def market_data_polls(cfg: Any) -> list[RestPoll]:
+    return []
+
+
+def book_snapshot_request(market: str, native: str, cfg: Any) -> RestPoll | None:
+    return None   # a (re)subscribe starts with a snapshot
+
+
+def book_rest_budget(cfg: Any) -> tuple[int, float, float]:
+    return 1, 1.0, 1.0
+
+
+class DeribitMdFeed(WsFeed):
+    """Deribit JSON-RPC market data. Liveness: the server's heartbeat every 30 s (and our
+    answers to its test_requests); no client pings."""
+
+    name = "deribit"
+    label = "md"
+    default_ws_base = "wss://www.deribit.com"
+    keepalive = KeepAlive(server_pings=False, client_ping=False, interval=float(HEARTBEAT_INTERVAL))
+    max_streams_per_connection = 500
+    # credit-based limits (~20 requests/s sustained): stay far below
+    max_send_rate = 5.0
+    resubscribe_rate = 1.0
+    #: about 32 connections per IP
+    connect_rate = 1.0
+
+    def __init__(self, symbols: Symbols, books: bool = False) -> None:
+        self.symbols = symbols
+        self.books = books
+        self._msg_id = 100
+
+    def _next_id(self) -> int:
+        self._msg_id += 1
+        return self._msg_id
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return WS_URL
+
+    def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
+        out = [set_heartbeat_message(HEARTBEAT_INTERVAL, self._next_id())]
+        for i in range(0, len(streams), SUBSCRIBE_CHUNK):
+            out.append(subscribe_message(streams[i:i + SUBSCRIBE_CHUNK], self._next_id()))
+        return out
+
+    def resubscribe_messages(self, streams: Sequence[str]) -> list[str] | None:
+        return [unsubscribe_message(streams, self._next_id()), subscribe_message(streams, self._next_id())]
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        return parse_message(raw, self.symbols, rx_ns, rx_ms)
+
+    def watch_topic(self, stream: str) -> bool:
+        # the ticker carries mark/index prices (they move all the time); DVOL is pushed each second
+        return stream.startswith(("ticker.", "deribit_volatility_index."))
+
+    def book_stream(self, market: str, native: str) -> str | None:
+        entry = self.symbols.get(native)
+        if not self.books or entry is None or entry[1] != market:
+            return None
+        return book_channel(native)
+
+
+class Deribit(ExchangeAdapter):
+    """The ``deribit`` worker's adapter: market data only. Trades come from its market-data feed's
+    ``trades`` channel (``market_data: true``); there is no listings source (``listings`` is
+    ignored and no instruments poll runs)."""
+
+    name = "deribit"
+    market = "perp"
+    default_ws_base = "wss://www.deribit.com"
+    default_rest_base = "https://www.deribit.com"
+    supports_trades = False
+    supports_listings = False

@@ -43,7 +43,9 @@ from shared.marketdata import (
 )
 from shared.symbols import canonical
 
-from .base import ParseResult, short_repr
+from .base import (
+    KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
+)
 
 EXCHANGE = "okx"
 
@@ -77,6 +79,7 @@ _GARBAGE = ParseResult(parse_errors=1)
 _MALFORMED_DATA = ParseResult(data=True, parse_errors=1)
 _REJECTED = ParseResult(data=True, rejected=1)
 _ROTATE = ParseResult(rotate=True)
+_SHARED = frozenset(map(id, (_IGNORED, _IGNORED_DATA, _GARBAGE, _MALFORMED_DATA, _REJECTED, _ROTATE)))
 
 SymbolMap = Mapping[str, tuple[str, str]]
 
@@ -284,7 +287,17 @@ def parse_message(raw: str | bytes, symbols: SymbolMap, rx_ns: int, rx_ms: int) 
     if type(channel) is not str:
         return _GARBAGE
     if channel == "liquidation-orders":
-        return _parse_liquidations(data, symbols, rx_ns, rx_ms)
+        inst_type = arg.get("instType")
+        res = _parse_liquidations(data, symbols, rx_ns, rx_ms)
+        return with_topic(res, f"{channel}:{inst_type}", _SHARED) if type(inst_type) is str else res
+    res = _parse_channel(msg, arg, data, channel, symbols, rx_ns, rx_ms)
+    native = arg.get("instId")
+    # the subscription the frame belongs to, as the feed names it: ``channel:instId``
+    return with_topic(res, f"{channel}:{native}", _SHARED) if res.data and type(native) is str else res
+
+
+def _parse_channel(msg: dict, arg: dict, data: list, channel: str, symbols: SymbolMap, rx_ns: int,
+                   rx_ms: int) -> ParseResult:
     handler = _HANDLERS.get(channel)
     if handler is None:
         if channel.startswith("candle"):
@@ -631,3 +644,183 @@ def parse_rest_long_short_account_ratio(body: Any, native: str, symbols: SymbolM
             exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
             ts_receive=rx_ms, kind="global_account", period=our_period, ratio=row[1]).to_wire(rx_ns))
     return ParseResult(events=events, data=True, parse_errors=errors)
+
+
+# ---- market-data runtime glue (see base.MARKET_DATA_MODULES) ----
+#
+# One /ws/v5/public feed (books, bbo-tbt, tickers, trades, funding-rate, open-interest,
+# liquidation-orders) and one /ws/v5/business feed (candles). A stream is named
+# ``channel:instId`` (``liquidation-orders:SWAP`` for the per-instType channel): exactly the topic
+# the parser reports. Few large subscribe requests; resubscribing one stream costs 2 of the 480
+# ops per connection-hour, so it is paced at 150 per hour.
+
+MD_SUPPORTED: dict[str, tuple[str, ...]] = {
+    "spot": ("trade", "book", "bbo", "ticker", "kline"),
+    "perp": ("trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short"),
+}
+_MD_CHANNELS = {"trade": "trades", "book": "books", "bbo": "bbo-tbt", "ticker": "tickers",
+                "funding": "funding-rate", "open_interest": "open-interest"}
+#: our long/short period -> rubik's
+RUBIK_PERIOD_OF = {v: k for k, v in RUBIK_PERIODS.items()}
+#: rubik allows 5 requests / 2 s per IP: polls stay below 2/s
+LONG_SHORT_MAX_RATE = 2.0
+#: GET /market/books: 40 requests / 2 s per IP; snapshots stay well below (the instruments poll
+#: shares the client's 20 / 2 s budget)
+SNAPSHOT_RATE = 4.0
+
+
+def _md_markets(cfg: Any) -> list[str]:
+    return md_markets(cfg, MD_SUPPORTED)
+
+
+def md_native(symbol: str, market: str) -> str:
+    """``BTC-USDT`` spot -> ``BTC-USDT``; perp -> ``BTC-USDT-SWAP``."""
+    return symbol if market == "spot" else f"{symbol}-SWAP"
+
+
+def md_symbols(cfg: Any) -> dict[str, tuple[str, str]]:
+    """native -> (canonical, market) over every selected market (natives differ per market)."""
+    return {md_native(sym, m): (sym, m) for m in _md_markets(cfg) for sym in cfg.symbols}
+
+
+def _wanted(cfg: Any) -> set[str]:
+    return {c for m in _md_markets(cfg) for c in cfg.md_channels(MD_SUPPORTED[m])}
+
+
+def market_data_problem(cfg: Any) -> str | None:
+    markets = _md_markets(cfg)
+    problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED)
+    if problem is not None:
+        return problem
+    wanted = _wanted(cfg)
+    if "kline" in wanted:
+        bad = [i for i in cfg.kline_intervals if i not in INTERVAL_TO_BAR]
+        if bad:
+            return f"kline_intervals: {', '.join(bad)} not available on okx"
+    if "long_short" in wanted and "perp" in markets and cfg.long_short_period not in RUBIK_PERIOD_OF:
+        return f"long_short_period: okx has {', '.join(RUBIK_PERIOD_OF)} only"
+    return None
+
+
+def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
+    symbols = md_symbols(cfg)
+    public: list[str] = []
+    business: list[str] = []
+    books = False
+    for market in _md_markets(cfg):
+        channels = cfg.md_channels(MD_SUPPORTED[market])
+        books = books or "book" in channels
+        for sym in cfg.symbols:
+            native = md_native(sym, market)
+            for c in channels:
+                if c == "kline":
+                    business.extend(f"{candle_channel(i)}:{native}" for i in cfg.kline_intervals)
+                elif c in _MD_CHANNELS:
+                    public.append(f"{_MD_CHANNELS[c]}:{native}")
+        if market == "perp" and "liquidation" in channels and cfg.symbols:
+            # one stream for every swap: frames about other instruments are counted as rejected
+            public.append("liquidation-orders:SWAP")
+    feeds: list[tuple[WsFeed, list[str]]] = []
+    if public:
+        feeds.append((OkxMdFeed(symbols, business=False, books=books), public))
+    if business:
+        feeds.append((OkxMdFeed(symbols, business=True), business))
+    return feeds
+
+
+def market_data_polls(cfg: Any) -> list[RestPoll]:
+    """Rubik long/short account ratio: one request per currency, attributed to each of the
+    configured swaps of that currency."""
+    if "perp" not in _md_markets(cfg) or "long_short" not in cfg.md_channels(MD_SUPPORTED["perp"]):
+        return []
+    period = RUBIK_PERIOD_OF.get(cfg.long_short_period)
+    if period is None:
+        return []
+    symbols = md_symbols(cfg)
+    by_ccy: dict[str, list[str]] = {}
+    for sym in cfg.symbols:
+        by_ccy.setdefault(sym.partition("-")[0], []).append(md_native(sym, "perp"))
+    interval = max(cfg.rest_poll_interval, len(by_ccy) / LONG_SHORT_MAX_RATE)
+    return [RestPoll(long_short_account_ratio_url(ccy, period), 1, interval,
+                     _ls_parser(natives, symbols, period), f"long_short {ccy}")
+            for ccy, natives in by_ccy.items()]
+
+
+def _ls_parser(natives: list[str], symbols: SymbolMap, period: str) -> Callable[[Any, int, int], ParseResult]:
+    def parse(body: Any, rx_ns: int, rx_ms: int) -> ParseResult:
+        out = ParseResult(data=True)
+        for native in natives:
+            r = parse_rest_long_short_account_ratio(body, native, symbols, period, rx_ns, rx_ms)
+            out.events.extend(r.events)
+            out.parse_errors += r.parse_errors
+            out.rejected += r.rejected
+            out.error = out.error or r.error
+        return out
+    return parse
+
+
+def book_snapshot_request(market: str, native: str, cfg: Any) -> RestPoll | None:
+    """GET /market/books (only used with ``book_ws_snapshot: false``)."""
+    symbols = md_symbols(cfg)
+    if native not in symbols or symbols[native][1] != market:
+        return None
+    return RestPoll(books_url(native, cfg.book_depth), 1, 0.0,
+                    lambda body, rx_ns, rx_ms: parse_rest_books(body, native, symbols, rx_ms),
+                    f"books {native}")
+
+
+def book_rest_budget(cfg: Any) -> tuple[int, float, float]:
+    return 1, SNAPSHOT_RATE, 2 * SNAPSHOT_RATE
+
+
+class OkxMdFeed(WsFeed):
+    """An OKX public (or business: candles) market-data connection group."""
+
+    name = "okx"
+    default_ws_base = "wss://ws.okx.com:8443"
+    # the server cuts a connection idle for 30 s: text ping every 20 s, answered by text pong
+    keepalive = KeepAlive(server_pings=False, client_ping=True, interval=PING_INTERVAL, text_ping=PING)
+    max_streams_per_connection = 500
+    max_send_rate = 3.0
+    resubscribe_rate = 150 / 3600
+    resubscribe_burst = 5.0
+    #: 3 connection requests per second per IP
+    connect_rate = 2.0
+
+    def __init__(self, symbols: SymbolMap, business: bool = False, books: bool = False) -> None:
+        self.symbols = symbols
+        self.business = business
+        self.books = books
+        self.label = "md business" if business else "md public"
+
+    def ws_url(self, streams: Sequence[str]) -> str:
+        return BUSINESS_WS_URL if self.business else PUBLIC_WS_URL
+
+    @staticmethod
+    def _args(streams: Sequence[str]) -> list[dict[str, str]]:
+        out = []
+        for st in streams:
+            channel, _, name = st.partition(":")
+            out.append({"channel": channel, "instType" if channel == "liquidation-orders" else "instId": name})
+        return out
+
+    def subscribe_messages(self, streams: Sequence[str]) -> list[str]:
+        return subscribe_messages(self._args(streams))
+
+    def resubscribe_messages(self, streams: Sequence[str]) -> list[str] | None:
+        args = self._args(streams)
+        return subscribe_messages(args, op="unsubscribe") + subscribe_messages(args)
+
+    def parse_ws_message(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
+        return parse_message(raw, self.symbols, rx_ns, rx_ms)
+
+    def watch_topic(self, stream: str) -> bool:
+        # candles are pushed every second or so whatever the activity; the rest is event-driven
+        # (books send a keep-alive only about once a minute; funding every 30-90 s)
+        return stream.startswith("candle")
+
+    def book_stream(self, market: str, native: str) -> str | None:
+        entry = self.symbols.get(native)
+        if not self.books or self.business or entry is None or entry[1] != market:
+            return None
+        return f"books:{native}"

@@ -19,7 +19,19 @@ max_streams_per_connection)`` each). Each shard keeps one live connection:
   connection is opened and must deliver its first data (bounded wait) before the old one is
   closed. Duplicates during the overlap are expected; the publisher dedups on trade id;
 - outgoing messages (subscribes, client pings, application pongs) are paced per connection with
-  a :class:`shared.ratelimit.TokenBucket` of ``ws_send_rate`` (Binance counts them all: 5/s).
+  a :class:`shared.ratelimit.TokenBucket` of ``ws_send_rate`` (Binance counts them all: 5/s);
+- per-subscription freshness (market-data feeds): parsers name the subscription a frame belongs
+  to (``ParseResult.topic``); a watched topic (the feed's :meth:`WsFeed.watch_topic`) that brings
+  no data within ``subscribe_timeout`` of its (re)subscribe, or is silent for
+  ``stream_stale_timeout``, is a *subscription failure*: it alone is resubscribed (unsubscribe +
+  subscribe on its connection, paced by the feed's resubscribe rate); the 3rd failure in a row
+  reconnects that shard only, later ones back off per topic (a bad symbol never churns
+  connections). Topics are the configured streams only (bounded);
+- :meth:`WsManager.resubscribe` does the same for one stream on request (book resync);
+- order-book messages go to ``books_sink`` from the shard's *current* connection only (during a
+  rotation overlap the two connections would interleave duplicate diffs); when a shard's
+  connection is lost (not rotated) ``on_shard_reset(streams)`` says which streams lost continuity;
+- new connections wait for the optional shared ``connect_limiter`` (per-IP connect limits).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from shared.logutil import LogLimiter
 from shared.ratelimit import TokenBucket
 from shared.settings import ExchangeSettings
 from shared.events import InstrumentInfo
+from shared.marketdata import BookMsg
 from workers.exchanges.base import ParseResult, WsFeed
 
 from .urls import override_base
@@ -48,6 +61,15 @@ log = logging.getLogger(__name__)
 Sink = Callable[[list[WireEvent]], None]
 #: receives the instruments a listing push frame carried, with the frame's receive time (epoch ms)
 InstrumentsSink = Callable[[list[InstrumentInfo], int], None]
+#: receives the order-book messages of a frame with its receive time (monotonic ns)
+BooksSink = Callable[[list[BookMsg], int], None]
+#: told which streams of a shard lost continuity (the shard's connection dropped)
+ShardResetHook = Callable[[list[str]], None]
+
+#: subscription failures in a row that reconnect the shard (later ones back off per topic)
+TOPIC_STRIKES_RECONNECT = 3
+#: the per-topic backoff after that is capped at this, seconds
+TOPIC_BACKOFF_MAX = 3600.0
 
 #: close codes aiohttp uses when a frame itself was bad (counted as parse errors)
 _BAD_FRAME_CODES = {WSCloseCode.MESSAGE_TOO_BIG, WSCloseCode.INVALID_TEXT, WSCloseCode.PROTOCOL_ERROR,
@@ -89,6 +111,18 @@ class _Conn:
             return False
 
 
+class _Topic:
+    """Freshness of one watched subscription (monotonic seconds)."""
+
+    __slots__ = ("since", "last", "strikes", "retry_at")
+
+    def __init__(self, now: float) -> None:
+        self.since = now      # (re)subscribed at
+        self.last = 0.0       # last data (0 = none yet)
+        self.strikes = 0      # failures in a row (data resets it)
+        self.retry_at = 0.0   # no check before this (backoff after repeated failures)
+
+
 class _Shard:
     """A set of streams that share one connection (two during a rotation)."""
 
@@ -103,6 +137,13 @@ class _Shard:
         #: last message on any of this shard's connections (survives reconnects: "stale" flag)
         self.last_msg = time.monotonic()
         self.task: asyncio.Task | None = None
+        now = time.monotonic()
+        #: watched topics (a subset of ``streams``)
+        self.topics: dict[str, _Topic] = {t: _Topic(now) for t in streams if mgr.feed.watch_topic(t)}
+        feed = mgr.feed
+        self.resub_bucket = TokenBucket(feed.resubscribe_rate, max(1.0, feed.resubscribe_burst))
+        #: a resubscribe that needs a new connection (the feed cannot resubscribe live)
+        self.reconnect_requested = False
 
     @property
     def label(self) -> str:
@@ -131,9 +172,15 @@ class WsManager:
         close_timeout: float = 2.0,
         backpressure: Callable[[], Awaitable[None]] | None = None,
         yield_every: int = 64,
+        books_sink: BooksSink | None = None,
+        on_shard_reset: ShardResetHook | None = None,
+        connect_limiter: TokenBucket | None = None,
     ) -> None:
         self.feed = feed
         self.instruments_sink = instruments_sink
+        self.books_sink = books_sink
+        self.on_shard_reset = on_shard_reset
+        self.connect_limiter = connect_limiter
         # awaited every `yield_every` messages: lets other tasks run while frames arrive back to
         # back (aiohttp returns buffered frames without yielding), and lets a full channel slow
         # the reading down (TCP backpressure) before anything is dropped
@@ -150,6 +197,7 @@ class WsManager:
         self.send_rate = min(cfg.ws_send_rate, feed.max_send_rate) if feed.max_send_rate > 0 \
             else cfg.ws_send_rate
         self.shards: list[_Shard] = []
+        self._shard_of: dict[str, _Shard] = {}
         self._conns: set[_Conn] = set()
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
@@ -165,6 +213,9 @@ class WsManager:
         self.rotations = 0
         self.connect_failures = 0
         self.sent = 0
+        self.subscription_failures = 0   # watched topics without data in time
+        self.resubscribes = 0            # single-stream resubscribes sent (watchdog + requests)
+        self.topic_reconnects = 0        # shards reconnected for repeated subscription failures
         self.last_message_at: int | None = None   # epoch ms of the last data frame
         self.last_event_at: int | None = None     # epoch ms of the last frame that produced events
         self.last_error: str | None = None
@@ -174,6 +225,7 @@ class WsManager:
         streams = list(dict.fromkeys(streams))
         n = self.per_connection
         self.shards = [_Shard(self, i, streams[j:j + n]) for i, j in enumerate(range(0, len(streams), n))]
+        self._shard_of = {st: sh for sh in self.shards for st in sh.streams}
         self._session = aiohttp.ClientSession()
         for shard in self.shards:
             shard.task = asyncio.create_task(self._run_shard(shard), name=shard.label)
@@ -219,6 +271,9 @@ class WsManager:
             "ws_rotations": self.rotations,
             "ws_connect_failures": self.connect_failures,
             "ws_messages": self.messages,
+            "subscription_failures": self.subscription_failures,
+            "resubscribes": self.resubscribes,
+            "topic_reconnects": self.topic_reconnects,
             "parse_errors": self.parse_errors,
             "rejected": self.rejected,
             "last_message_at": self.last_message_at,
@@ -269,10 +324,22 @@ class WsManager:
             self.reconnects += 1
             if reason == "stale":
                 self.stale_reconnects += 1
+            elif reason == "topics":
+                self.topic_reconnects += 1
             if shard.current is not None:
                 await self._close_conn(shard.current)
             shard.current = None
             shard.state = "connecting"
+            self._shard_reset(shard)
+
+    def _shard_reset(self, shard: _Shard) -> None:
+        """The shard's connection was lost without overlap: its streams lost continuity."""
+        if self.on_shard_reset is None:
+            return
+        try:
+            self.on_shard_reset(list(shard.streams))
+        except Exception:  # noqa: BLE001 - a hook bug must not end the shard
+            log.exception("%s: shard reset hook failed", shard.label)
 
     async def _supervise(self, shard: _Shard) -> str:
         """Watch the shard's current connection; return why it must be replaced (no overlap)."""
@@ -280,6 +347,8 @@ class WsManager:
         # protocol ping/pong heartbeat (a missing pong closes the connection), not data
         stale_timeout = float("inf") if self.feed.quiet else self.cfg.stale_timeout
         tick = max(0.01, min(1.0, self.cfg.stale_timeout / 4))
+        if shard.topics:
+            tick = max(0.01, min(tick, self.cfg.subscribe_timeout / 4, self.cfg.stream_stale_timeout / 4))
         backoff_reset = False
         while True:
             conn = shard.current
@@ -309,6 +378,12 @@ class WsManager:
                 self.last_error = f"{shard.label} stale: no message for {now - conn.last_msg:.1f}s"
                 log.warning("%s; reconnecting", self.last_error)
                 return "stale"
+            if shard.reconnect_requested:
+                shard.reconnect_requested = False
+                log.info("%s: reconnecting to resubscribe", shard.label)
+                return "resubscribe"
+            if shard.topics and self._check_topics(shard, conn, now):
+                return "topics"
             due = conn.rotate_requested or now - conn.opened_at >= conn.age_limit
             if due and now >= conn.rotate_not_before:
                 why = "server shutdown notice" if conn.rotate_requested else "connection age"
@@ -349,6 +424,8 @@ class WsManager:
         if not new.got_data.is_set():
             log.info("%s: no data on the replacement within %.1fs; switching anyway",
                      shard.label, self.overlap_timeout)
+        # the new connection is the book source from now on (no frame lost while the old closes)
+        shard.current = new
         await self._close_conn(old)
         if time.monotonic() - old.opened_at < self.stable_after:
             # rotations in quick succession (e.g. a shutdown notice on every new connection):
@@ -359,6 +436,10 @@ class WsManager:
     # ---- one connection ----
     async def _open(self, shard: _Shard) -> _Conn:
         assert self._session is not None
+        limiter = self.connect_limiter
+        if limiter is not None:
+            while not limiter.try_take():
+                await asyncio.sleep(max(0.01, limiter.delay_for()))
         ws = await asyncio.wait_for(
             self._session.ws_connect(
                 shard.url, autoping=True, heartbeat=self.feed.keepalive.interval if self.feed.quiet else None,
@@ -377,6 +458,9 @@ class WsManager:
         self._conns.add(conn)
         for msg in self.feed.subscribe_messages(shard.streams):
             conn.enqueue(msg)
+        opened = time.monotonic()
+        for topic in shard.topics.values():
+            topic.since = opened
         conn.tasks.append(asyncio.create_task(self._reader(conn), name=f"{shard.label}-read"))
         conn.tasks.append(asyncio.create_task(self._writer(conn), name=f"{shard.label}-write"))
         if self.feed.keepalive.client_ping and not self.feed.quiet:
@@ -430,6 +514,14 @@ class WsManager:
                         self.last_message_at = rx_ms
                         if not conn.got_data.is_set():
                             conn.got_data.set()
+                        if res.topic is not None and shard.topics:
+                            topic = shard.topics.get(res.topic)
+                            if topic is not None:
+                                topic.last = conn.last_msg
+                                topic.strikes = 0
+                                topic.retry_at = 0.0
+                    if res.books and self.books_sink is not None and conn is shard.current:
+                        self.books_sink(res.books, rx_ns)
                     if res.instruments and self.instruments_sink is not None:
                         self.instruments_sink(res.instruments, rx_ms)
                     if res.parse_errors or res.rejected or res.error or res.rotate or res.replies:
@@ -473,6 +565,87 @@ class WsManager:
         for reply in res.replies:
             if not conn.enqueue(reply):
                 self._tlog.warning(log, "outbox", "%s: outbox full; reply dropped", shard.label)
+
+    # ---- per-subscription control ----
+    def _check_topics(self, shard: _Shard, conn: _Conn, now: float) -> bool:
+        """Count and handle silent watched topics; True = reconnect this shard."""
+        sub_timeout = self.cfg.subscribe_timeout
+        stale = self.cfg.stream_stale_timeout
+        bucket = shard.resub_bucket
+        for name, t in shard.topics.items():
+            if now < t.retry_at:
+                continue
+            if t.last < t.since:   # nothing since the (re)subscribe
+                if now - t.since < sub_timeout:
+                    continue
+                why = f"no data within {sub_timeout:g}s of subscribing"
+            elif now - t.last < stale:
+                continue
+            else:
+                why = f"silent for {now - t.last:.0f}s"
+            if not bucket.try_take():
+                return False   # resubscribe budget spent: the rest waits for the next tick
+            t.strikes += 1
+            self.subscription_failures += 1
+            self.last_error = f"{shard.label} subscription {name[:80]} failed: {why}"
+            self._tlog.warning(log, f"topic{shard.index}", "%s (failure %d in a row)", self.last_error, t.strikes)
+            if t.strikes == TOPIC_STRIKES_RECONNECT:
+                log.warning("%s: %d subscription failures in a row on %s; reconnecting this connection",
+                            shard.label, t.strikes, name[:80])
+                return True
+            if t.strikes > TOPIC_STRIKES_RECONNECT:
+                # reconnecting did not help: a bad or delisted symbol; keep trying it alone, rarely
+                t.retry_at = now + min(TOPIC_BACKOFF_MAX, sub_timeout * 2 ** (t.strikes - TOPIC_STRIKES_RECONNECT))
+            if not self._send_resubscribe(shard, conn, [name]):
+                shard.reconnect_requested = False
+                return True
+        return False
+
+    def _send_resubscribe(self, shard: _Shard, conn: _Conn, streams: list[str]) -> bool:
+        """Unsubscribe + subscribe ``streams`` on ``conn``; False when the feed cannot do it live."""
+        msgs = self.feed.resubscribe_messages(streams)
+        if msgs is None:
+            return False
+        for msg in msgs:
+            if not conn.enqueue(msg):
+                self._tlog.warning(log, "outbox", "%s: outbox full; resubscribe dropped", shard.label)
+                return True
+        self.resubscribes += 1
+        now = time.monotonic()
+        for st in streams:
+            topic = shard.topics.get(st)
+            if topic is not None:
+                topic.since = now
+        return True
+
+    def resubscribe(self, stream: str) -> bool:
+        """Resubscribe ONE stream (e.g. a book whose sequence broke): unsubscribe + subscribe on
+        the connection carrying it, or, where the exchange cannot do that live, reconnect only
+        that stream's shard. When the shard's resubscribe budget is spent (many books broke at
+        once, e.g. an exchange-side reset) that shard is reconnected instead: one new subscription
+        resends every snapshot, where single resubscribes would take the budget's hour. False
+        when it cannot be done now (unknown stream, not connected): ask again later."""
+        shard = self._shard_of.get(stream)
+        if shard is None or self._stopping:
+            return False
+        conn = shard.current
+        if conn is None or conn.closed.is_set():
+            return False
+        if shard.reconnect_requested:
+            return True   # already on its way: the new connection subscribes everything
+        if shard.resub_bucket.try_take() and self._send_resubscribe(shard, conn, [stream]):
+            return True
+        shard.reconnect_requested = True
+        conn.wake.set()
+        return True
+
+    def topic_state(self, stream: str) -> dict[str, Any] | None:
+        """Freshness of one watched stream (for stats and tests), None if not watched."""
+        shard = self._shard_of.get(stream)
+        t = shard.topics.get(stream) if shard is not None else None
+        if t is None:
+            return None
+        return {"strikes": t.strikes, "has_data": t.last >= t.since and t.last > 0}
 
     async def _writer(self, conn: _Conn) -> None:
         """Send queued messages, paced by the connection's token bucket."""
