@@ -17,6 +17,8 @@ fetch, channels to resubscribe). Parsers hand :class:`~shared.marketdata.BookMsg
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import zlib
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
@@ -225,7 +227,7 @@ class Outcome:
     bad_levels: int = 0
 
 
-class BookKeeper:
+class BookKeeper(ABC):
     """Common part of a sequence rule: state, buffer, loss handling.
 
     A subclass says how a diff continues the book (:meth:`_check`) and, for REST-snapshot
@@ -358,9 +360,10 @@ class BookKeeper:
         self._ask(out)
 
     # ---- the rule (subclasses) ----
+    @abstractmethod
     def _check(self, msg: BookMsg) -> str:
         """_OK (apply), _SKIP (drop silently) or a gap reason, for a diff on a synced book."""
-        raise NotImplementedError
+        ...
 
     def _verify(self, msg: BookMsg) -> str | None:
         """A gap reason when the book after ``msg`` is provably wrong (checksum), else None."""

@@ -31,6 +31,8 @@ channel/symbol subscribed (acked) but silent; :meth:`MdEngine.drop` cuts every m
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import logging
@@ -421,7 +423,7 @@ class MdClient:
         self.opened = time.monotonic()
 
 
-class MdEngine:
+class MdEngine(ABC):
     """Common part: instruments, rates, budget, silence, gaps, counters, tick."""
 
     name = ""
@@ -450,16 +452,19 @@ class MdEngine:
         self.started_ms = now_ms()
 
     # ---------------------------------------------------------------- subclass hooks
+    @abstractmethod
     def active(self) -> dict[Key, dict[str, list[Any]]]:
         """Subscribed topics now: key -> subscription name -> subscribers."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def emit(self, key: Key, targets: dict[str, list[Any]], now: int) -> None:
-        raise NotImplementedError
+        """Send the due frames of ``key`` to its subscribers."""
 
+    @abstractmethod
     def make_instrument(self, market: str, native: str) -> Instrument | None:
         """A new instrument, or None when the exchange does not list it."""
-        raise NotImplementedError
+        ...
 
     def drop(self) -> int:
         """Cut every market-data connection (no close frame); returns how many."""
@@ -614,9 +619,10 @@ class MdEngine:
         inst.stepped_tick = self.tick_no
         self.book_update(inst, send=False)
 
+    @abstractmethod
     def book_update(self, inst: Instrument, send: bool = True) -> Any:
         """One book update (exchange-specific ids); returns what the renderer needs."""
-        raise NotImplementedError
+        ...
 
     def step_book(self, inst: Instrument) -> tuple[Any, bool]:
         """Step the book for a book-channel update, first generating and dropping the updates
