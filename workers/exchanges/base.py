@@ -95,6 +95,17 @@ class RestPoll:
     label: str = ""
 
 
+#: native symbol -> (canonical BASE-QUOTE, market): the configured symbols of one connection
+SymbolMap = Mapping[str, tuple[str, str]]
+
+
+def symbol_entry(symbols: SymbolMap, native: Any) -> tuple[str, str] | None | bool:
+    """``symbols[native]``; None = unknown (reject it); False = not even a string (malformed)."""
+    if type(native) is not str:
+        return False
+    return symbols.get(native)
+
+
 class InstrumentList(list):
     """``list[InstrumentInfo]`` plus how many entries were rejected (hostile or invalid names)."""
 

@@ -17,7 +17,7 @@ Wire facts relied on (fixtures/ws/SOURCES.md sections 1-2, research/exchange-qui
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
 
@@ -27,6 +27,7 @@ from shared.marketdata import (
 from shared.symbols import is_safe_native_symbol
 
 from .base import KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, unsupported_channels, with_topic
+from .base import SymbolMap, symbol_entry as _entry
 
 EXCHANGE = "binance"
 
@@ -36,7 +37,7 @@ SPOT_REST_BASE = "https://api.binance.com"
 USDM_REST_BASE = "https://fapi.binance.com"
 
 #: native symbol -> (canonical BASE-QUOTE, market) for one connection
-Symbols = Mapping[str, tuple[str, str]]
+Symbols = SymbolMap
 
 # Shared read-only results (the transport never mutates a ParseResult).
 _IGNORED = ParseResult()
@@ -173,13 +174,6 @@ def _one(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) 
         return _SHUTDOWN
     # another event type (miniTicker, contractInfo, ...): market data we do not normalize
     return _IGNORED_DATA if type(e) is str else _MALFORMED
-
-
-def _entry(symbols: Symbols, native: Any) -> tuple[str, str] | None | bool:
-    """(canonical, market); None = unknown (reject); False = not even a string (malformed)."""
-    if type(native) is not str:
-        return False
-    return symbols.get(native)
 
 
 def _trade(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int, *,

@@ -24,13 +24,14 @@ Wire rules (fixtures/ws/SOURCES.md section 5, research/exchange-quirks.md A.4):
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import orjson
 
 from shared.marketdata import BookMsg, Level, Liquidation, Ticker, Trade
 
 from .base import (
+    SymbolMap, symbol_entry as _entry,
     KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
 )
 from .okx_md import is_decimal_str, is_safe_id, ms_int, opt_decimal, seq_int
@@ -61,7 +62,6 @@ _MALFORMED_DATA = ParseResult(data=True, parse_errors=1)
 _REJECTED = ParseResult(data=True, rejected=1)
 _SHARED = frozenset(map(id, (_IGNORED, _IGNORED_DATA, _GARBAGE, _MALFORMED_DATA, _REJECTED)))
 
-SymbolMap = Mapping[str, tuple[str, str]]
 
 
 # ---- builders ----
@@ -269,13 +269,6 @@ def _parse_control(msg: dict) -> ParseResult:
     return _GARBAGE
 
 
-def _entry(native: Any, symbols: SymbolMap) -> tuple[str, str] | None | bool:
-    """The map entry; False when ``native`` is not even a string (malformed)."""
-    if type(native) is not str:
-        return False
-    return symbols.get(native)
-
-
 def _parse_trades(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
     data = msg.get("data")
     if type(data) is not list:
@@ -285,7 +278,7 @@ def _parse_trades(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> Pars
         if type(d) is not dict:
             errors += 1
             continue
-        entry = _entry(d.get("s"), symbols)
+        entry = _entry(symbols, d.get("s"))
         if entry is False:
             errors += 1
             continue
@@ -319,7 +312,7 @@ def _parse_book(msg: dict, symbols: SymbolMap, rx_ms: int) -> ParseResult:
     d, kind, ts = msg.get("data"), msg.get("type"), ms_int(msg.get("ts"))
     if type(d) is not dict:
         return _MALFORMED_DATA
-    entry = _entry(d.get("s"), symbols)
+    entry = _entry(symbols, d.get("s"))
     if entry is False:
         return _MALFORMED_DATA
     if entry is None:
@@ -340,7 +333,7 @@ def _parse_ticker(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int,
     cs = msg.get("cs", 0)
     if type(d) is not dict:
         return _MALFORMED_DATA
-    entry = _entry(d.get("symbol"), symbols)
+    entry = _entry(symbols, d.get("symbol"))
     if entry is False:
         return _MALFORMED_DATA
     if entry is None:
@@ -380,7 +373,7 @@ def _parse_all_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int
         return _MALFORMED_DATA
     events, rejected, errors = [], 0, 0
     for d in data:
-        entry = _entry(d.get("s"), symbols) if type(d) is dict else False
+        entry = _entry(symbols, d.get("s")) if type(d) is dict else False
         if entry is False:
             errors += 1
             continue
@@ -402,7 +395,7 @@ def _parse_legacy_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: 
     d = msg.get("data")
     if type(d) is not dict:
         return _MALFORMED_DATA
-    entry = _entry(d.get("symbol"), symbols)
+    entry = _entry(symbols, d.get("symbol"))
     if entry is False:
         return _MALFORMED_DATA
     if entry is None:

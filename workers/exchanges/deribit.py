@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from shared.marketdata import BookMsg, Level, Ticker, Trade, VolatilityIndex
 from shared.symbols import canonical
 
 from .base import (
+    SymbolMap, symbol_entry as _entry,
     ExchangeAdapter, KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, unsupported_channels, with_topic,
 )
 
@@ -34,7 +35,7 @@ HEARTBEAT_INTERVAL = 30  # s; Deribit accepts >= 10 and recommends 30-60
 TEST_REQUEST_ID = 9099
 
 #: native instrument / index name -> (canonical BASE-QUOTE, market) for one connection
-Symbols = Mapping[str, tuple[str, str]]
+Symbols = SymbolMap
 
 _IGNORED = ParseResult()
 _IGNORED_DATA = ParseResult(data=True)
@@ -138,13 +139,6 @@ def _notification(channel: str, data: Any, symbols: Symbols, rx_ns: int, rx_ms: 
     if kind == "deribit_volatility_index":
         return _volatility(data, symbols, rx_ns, rx_ms)
     return _IGNORED_DATA  # a channel we subscribe to but do not normalize (quote, chart, ...)
-
-
-def _entry(symbols: Symbols, native: Any) -> tuple[str, str] | None | bool:
-    """(canonical, market); None = unknown (reject); False = not a string (malformed)."""
-    if type(native) is not str:
-        return False
-    return symbols.get(native)
 
 
 def _trades(data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:

@@ -44,6 +44,7 @@ from shared.marketdata import (
 from shared.symbols import canonical
 
 from .base import (
+    SymbolMap,
     KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
 )
 
@@ -81,7 +82,6 @@ _REJECTED = ParseResult(data=True, rejected=1)
 _ROTATE = ParseResult(rotate=True)
 _SHARED = frozenset(map(id, (_IGNORED, _IGNORED_DATA, _GARBAGE, _MALFORMED_DATA, _REJECTED, _ROTATE)))
 
-SymbolMap = Mapping[str, tuple[str, str]]
 
 # ---- small validators (shared with bybit_md) ----
 
