@@ -28,13 +28,15 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-import orjson
 from aiohttp import WSMsgType, web
 
 from collector.simulator.listings import NORMAL
 from collector.simulator.md import (
     LONG_SHORT_KINDS, MAX_TOPIC_RATE, STAT_PERIODS, TICK_S, USDM_DEPTH_LIMITS, BinanceMd, BybitMd, DeribitMd, MdClient, MdConfig,
     MdEngine, OkxMd,
+)
+from collector.simulator.control import (
+    JSON_CT, NUM, OPT_STR, Spec as _Spec, fields as _fields, json_body as _body, json_response as _json,
 )
 from collector.simulator.state import SimError
 
@@ -49,50 +51,11 @@ __all__ = ["MD_ONLY_EXCHANGES", "MD_EXCHANGES", "MD_KEY", "MAX_TOPIC_RATE", "MdC
 _MD_PORTS_KEY: web.AppKey[dict[str, str]] = web.AppKey("sim_md_ports", dict)
 #: frames queued per market-data client before the server cuts it (a client that stopped reading)
 MD_QUEUE_MAX = 4096
-JSON_CT = "application/json;charset=UTF-8"
 OKX_BOOKS_PATH = "/api/v5/market/books"
 OKX_RUBIK_PATH = "/api/v5/rubik/stat/contracts/long-short-account-ratio"
 
 
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, headers={"Content-Type": JSON_CT, **(headers or {})})
-
-
 # ---------------------------------------------------------------------------------------- controls
-_Spec = dict[str, tuple[tuple[type, ...], Any]]
-NUM = (int, float)
-OPT_STR = ((str,), None)
-
-
-def _fields(body: dict[str, Any], spec: _Spec) -> dict[str, Any]:
-    unknown = set(body) - set(spec)
-    if unknown:
-        raise SimError(400, f"unknown field(s): {sorted(unknown)}; accepted: {sorted(spec)}")
-    out: dict[str, Any] = {}
-    for name, (types, default) in spec.items():
-        value = body.get(name)
-        if value is None:
-            if default is ...:
-                raise SimError(400, f"field {name!r} is required")
-            out[name] = default
-            continue
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            raise SimError(400, f"field {name!r} must be {'/'.join(t.__name__ for t in types)}")
-        out[name] = value
-    return out
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise SimError(400, "request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise SimError(400, "request body must be a JSON object")
-    return body
 
 
 def _control_routes() -> list[web.RouteDef]:

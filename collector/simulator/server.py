@@ -43,6 +43,9 @@ from aiohttp import WSMsgType, web
 
 from collector.simulator import md_server
 from collector.simulator.listings import EXCHANGES, NORMAL, VENUES, BinanceListings, Mode, PushClient, Venue
+from collector.simulator.control import (
+    JSON_CT, NUM, OPT_STR, Spec as _Spec, fields as _fields, json_body as _body, json_response as _json,
+)
 from collector.simulator.state import (
     MAX_FILLER,
     MAX_SYMBOL_LEN,
@@ -56,14 +59,9 @@ from collector.simulator.state import (
 log = logging.getLogger("collector.simulator")
 
 STATE_KEY: web.AppKey[SimState] = web.AppKey("sim_state", SimState)
-JSON_CT = "application/json;charset=UTF-8"
 MAX_STREAM_NAME = 1024
 _ID_RE = re.compile(r"^[A-Za-z0-9]{1,36}$")
 _METHODS = "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`"
-
-
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, headers={"Content-Type": JSON_CT, **(headers or {})})
 
 
 def _binance_error(code: int, msg: str, status: int = 400, headers: dict[str, str] | None = None) -> web.Response:
@@ -384,44 +382,8 @@ async def _ws_handler(request: web.Request) -> web.StreamResponse:
 
 
 # ---------------------------------------------------------------------------------------- control
-_Spec = dict[str, tuple[tuple[type, ...], Any]]  # field -> (accepted types, default; ... = required)
 
 
-def _fields(body: dict[str, Any], spec: _Spec) -> dict[str, Any]:
-    unknown = set(body) - set(spec)
-    if unknown:
-        raise SimError(400, f"unknown field(s): {sorted(unknown)}; accepted: {sorted(spec)}")
-    out: dict[str, Any] = {}
-    for name, (types, default) in spec.items():
-        if name not in body or body[name] is None:
-            if default is ...:
-                raise SimError(400, f"field {name!r} is required")
-            out[name] = default
-            continue
-        value = body[name]
-        if isinstance(value, bool) and bool not in types:
-            raise SimError(400, f"field {name!r} must be {'/'.join(t.__name__ for t in types)}")
-        if not isinstance(value, types):
-            raise SimError(400, f"field {name!r} must be {'/'.join(t.__name__ for t in types)}")
-        out[name] = value
-    return out
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise SimError(400, "request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise SimError(400, "request body must be a JSON object")
-    return body
-
-
-NUM = (int, float)
-OPT_STR = ((str,), None)
 
 
 def _control_routes() -> list[web.RouteDef]:
