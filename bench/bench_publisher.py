@@ -10,12 +10,18 @@ Two modes per run:
 - ``--rate R``: the clients together offer R events/s (paced per frame); shows latency at a
   sustainable rate.
 
+Then (``--raw``, on by default) the cost of the idempotent apply itself, without the publisher:
+K client processes write the same trade events straight to Redis, pre-packed and pipelined
+(1000 events per round trip), once as plain ``XADD``s and once as ``EVALSHA`` of the apply
+script (batches of 100 with a producer watermark and per-stream high-watermark checks).
+
 Printed: events/s achieved, p50/p99 latency (frame stamp -> XADD acknowledged, from the
 publisher's own histogram, interpolated within its buckets), CPU% and RSS of the publisher,
 redis-server and the clients (psutil, over the measured window).
 
     /work/venv/bin/python bench/bench_publisher.py --events 400000 --clients 2
     /work/venv/bin/python bench/bench_publisher.py --events 300000 --clients 1 --rate 50000
+    /work/venv/bin/python bench/bench_publisher.py --events 200000 --raw-only
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from collector import redis_scripts as scripts  # noqa: E402
 from collector.publisher import publisher_main  # noqa: E402
 from shared import ipc  # noqa: E402
 from shared.events import Trade  # noqa: E402
@@ -92,10 +99,20 @@ def _client(sock_path: str, idx: int, n_events: int, rate: float, ready, go) -> 
         native = sym.replace("-", "")
         t = Trade(exchange, "spot", sym, native, str(i), "65000.12", "0.0015", "buy" if i & 1 else "sell",
                   1700000000000 + i, 1700000000050 + i)
-        events.append(t.to_wire(0))
+        events.append(t.to_wire(0) + [str(i)])  # a monotonic id, as Binance/OKX trades carry
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(sock_path)
-    ipc.send_msg(s, {"t": "hello", "exchange": exchange, "pid": os.getpid()})
+    ipc.send_msg(s, {"t": "hello", "exchange": exchange, "pid": os.getpid(), "producer": f"{exchange}.{os.getpid()}"})
+
+    def read_acks() -> None:
+        try:
+            while s.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    drain = threading.Thread(target=read_acks, daemon=True)
+    drain.start()
     ready.release()
     go.wait()
     start = time.monotonic()
@@ -111,6 +128,10 @@ def _client(sock_path: str, idx: int, n_events: int, rate: float, ready, go) -> 
         for ev in batch:
             ev[4] = now
         s.sendall(ipc.encode({"t": "events", "exchange": exchange, "seq": k // BATCH, "events": batch}))
+    # half-close, then read the acks until the publisher closes: closing with unread acks in the
+    # socket would reset the connection and the publisher would lose frames not yet read
+    s.shutdown(socket.SHUT_WR)
+    drain.join(300)
     s.close()
 
 
@@ -241,13 +262,113 @@ def run(n_events: int, n_clients: int, rate: float) -> dict:
     }
 
 
+def _raw_client(port: int, idx: int, n_events: int, mode: str, ready, go) -> None:
+    """Plain pipelined XADD vs EVALSHA of the apply script, straight to Redis (no publisher)."""
+    import hiredis
+
+    exchange = f"raw{idx}"
+    cmds: list[bytes] = []
+    per_round = 1000
+    for k in range(0, n_events, BATCH):
+        keys: list[str] = []
+        args: list[str] = []
+        xadds: list[bytes] = []
+        for i in range(k, min(k + BATCH, n_events)):
+            sym = SYMBOLS[i % len(SYMBOLS)]
+            t = Trade(exchange, "spot", sym, sym.replace("-", ""), str(i), "65000.12", "0.0015",
+                      "buy" if i & 1 else "sell", 1700000000000 + i, 1700000000050 + i)
+            stream, fields = t.stream_key(), t.fields()
+            if mode == "xadd":
+                xadds.append(hiredis.pack_command(("XADD", stream, "MAXLEN", "~", str(n_events + 1000), "*", *fields)))
+            else:
+                keys += [stream, scripts.HWM_PREFIX + stream]
+                args += ["m", str(i), str(n_events + 1000), str(len(fields)), *fields]
+        if mode == "xadd":
+            cmds.extend(xadds)
+        else:
+            cmds.append(scripts.pack_apply(f"pub:wm:BENCH:{exchange}", "", scripts.part_position(k // BATCH, 0),
+                                           "600", "600", "300", keys, args))
+    per_cmd = 1 if mode == "xadd" else BATCH
+    group = max(1, per_round // per_cmd)
+    rounds = [(b"".join(cmds[j:j + group]), len(cmds[j:j + group])) for j in range(0, len(cmds), group)]
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = hiredis.Reader()
+    ready.release()
+    go.wait()
+    for data, n in rounds:
+        s.sendall(data)
+        got = 0
+        while got < n:
+            reader.feed(s.recv(1 << 20))
+            while got < n:
+                rep = reader.gets()
+                if rep is False:
+                    break
+                if isinstance(rep, hiredis.ReplyError):
+                    raise SystemExit(f"redis error: {rep}")
+                got += 1
+    s.close()
+
+
+def run_raw(n_events: int, n_clients: int, mode: str) -> float:
+    """events/s of ``mode`` (xadd | script) with ``n_clients`` processes straight to Redis."""
+    import redis
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-raw-", dir="/tmp"))
+    redis_proc, port = start_redis(tmp)
+    try:
+        r = redis.Redis(port=port)
+        r.script_load(scripts.APPLY_BATCH)
+        ctx = multiprocessing.get_context("spawn")
+        go = ctx.Event()
+        ready = ctx.Semaphore(0)
+        per = n_events // n_clients
+        clients = [ctx.Process(target=_raw_client, args=(port, i, per, mode, ready, go), daemon=True)
+                   for i in range(n_clients)]
+        for c in clients:
+            c.start()
+        for _ in clients:
+            if not ready.acquire(timeout=120):
+                sys.exit("a raw client did not start")
+        t0 = time.monotonic()
+        go.set()
+        for c in clients:
+            c.join(300)
+        elapsed = time.monotonic() - t0
+        keys = [f"md:trade:raw{i}:spot:{s}" for i in range(n_clients) for s in SYMBOLS]
+        total = sum(r.xlen(k) for k in keys)
+        if total != per * n_clients:
+            sys.exit(f"raw {mode}: {total} entries, expected {per * n_clients}")
+        return total / elapsed
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=400_000, help="total trade events (default 400000)")
     ap.add_argument("--clients", type=int, default=0, help="client processes 1-4 (default: run 1, 2 and 4)")
     ap.add_argument("--rate", type=float, default=0.0, help="offered events/s in total (default: as fast as possible)")
+    ap.add_argument("--raw-only", action="store_true", help="only the straight-to-Redis XADD vs script comparison")
+    ap.add_argument("--no-raw", action="store_true", help="skip the straight-to-Redis comparison")
     args = ap.parse_args()
     counts = [args.clients] if args.clients else [1, 2, 4]
+    if not args.raw_only:
+        run_publisher(args, counts)
+    if not args.no_raw:
+        print(f"\nstraight to Redis, pre-packed, 1000 events per round trip (no publisher): "
+              f"plain XADD vs the idempotent apply script (EVALSHA, {BATCH} events each)")
+        print(f"{'clients':>7} {'XADD ev/s':>12} {'script ev/s':>12} {'script/XADD':>11}")
+        for n in counts:
+            x = run_raw(args.events, n, "xadd")
+            sc = run_raw(args.events, n, "script")
+            print(f"{n:>7} {x:>12,.0f} {sc:>12,.0f} {sc / x:>10.0%}", flush=True)
+
+
+def run_publisher(args: argparse.Namespace, counts: list[int]) -> None:
     print(f"machine: {os.cpu_count()} CPUs; batches of {BATCH} trade events (11 fields); "
           f"latency = frame stamp -> XADD acknowledged (publisher histogram)")
     print(f"{'clients':>7} {'offered':>8} {'events':>8} {'events/s':>10} {'dropped':>7} {'p50 ms':>8} {'p99 ms':>8} "

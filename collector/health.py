@@ -16,7 +16,10 @@ Input (the shape of :meth:`collector.supervisor.Supervisor.status` without ``hea
                          "last_error": str|None, "last_exit": str|None, "restarts": int,
                          "next_start_in_s": float|None}},
      "publisher": {"redis": "up"|"down"|None, "redis_down_since": ms|None,
-                   "buffered": int|None, "buffer_limit": int|None}}
+                   "buffered": int|None, "buffer_limit": int|None,
+                   "spool": None (disabled) | {"error": str} | {"spilling": bool, "records": int,
+                            "bytes": int, "max_bytes": int, "events_dropped": int,
+                            "last_drop_at": ms|None, ...}}}
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ STARTUP_GRACE_S = 10.0
 BEAT_LATE_S = 5.0
 #: publisher buffer fill ratio above which the collector is degraded
 BUFFER_DEGRADED_RATIO = 0.5
+#: seconds a disk-spool drop keeps the collector degraded
+SPOOL_DROP_DEGRADED_S = 60.0
 
 _RUNNING = ProcessState.RUNNING.value
 
@@ -59,6 +64,7 @@ def evaluate(status: dict[str, Any], settings: Settings, now: float,
             _check_beat(name, child, degraded)
             _check_drops(name, child, degraded, "dropped")
     _check_redis(status.get("publisher") or {}, settings, now, unhealthy, degraded)
+    _check_spool(status.get("publisher") or {}, now, degraded)
 
     # -- workers: one per exchange
     workers = {n: c for n, c in children.items() if c.get("kind") == "worker"}
@@ -154,3 +160,26 @@ def _check_redis(pub: dict[str, Any], settings: Settings, now: float,
     buffered, limit = pub.get("buffered"), pub.get("buffer_limit")
     if buffered is not None and limit and buffered / limit > BUFFER_DEGRADED_RATIO:
         degraded.append(f"publisher: buffer {100 * buffered / limit:.0f}% full ({buffered}/{limit} events)")
+
+
+def _check_spool(pub: dict[str, Any], now: float, degraded: list[str]) -> None:
+    """Degraded while events go to the disk spool, after recent spool drops, or when the spool
+    could not be opened (a long Redis outage then holds the workers back instead)."""
+    spool = pub.get("spool")
+    if not isinstance(spool, dict):
+        return
+    if spool.get("error"):
+        degraded.append(f"spool: unavailable ({str(spool['error'])[:200]})")
+        return
+    if spool.get("spilling"):
+        degraded.append(f"spool: spilling to disk ({_int(spool.get('records'))} records, "
+                        f"{_int(spool.get('bytes')) / 2 ** 20:.1f} of {_int(spool.get('max_bytes')) / 2 ** 20:.0f} MiB)")
+    dropped = _int(spool.get("events_dropped"))
+    last = spool.get("last_drop_at")
+    if dropped and isinstance(last, (int, float)) and now - last / 1000.0 < SPOOL_DROP_DEGRADED_S:
+        degraded.append(f"spool: {dropped} events dropped (spool full or failing; last "
+                        f"{max(0.0, now - last / 1000.0):.0f}s ago)")
+
+
+def _int(v: Any) -> int:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0

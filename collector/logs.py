@@ -1,4 +1,7 @@
-"""Per-process log files (one writer per file) and following them across rotation."""
+"""Per-process log files (one writer per file) and following them across rotation.
+
+Each process's log file also receives its faulthandler stack dumps (fatal signals, and the
+parent's dump request to a hung child; see :func:`shared.child.enable_stack_dumps`)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,25 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from shared.child import enable_stack_dumps
 from shared.settings import Settings
 
 FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
 
 
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log file whose stack dumps follow it: after a rollover, faulthandler is
+    pointed at the new file (its descriptor would otherwise keep writing into ``.log.1``)."""
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        enable_stack_dumps(self.baseFilename)
+
+
 def setup_logging(settings: Settings, name: str, *, to_stderr: bool = False) -> logging.Logger:
-    """Log to ``<log_dir>/<name>.log`` (rotating), and to stderr when asked (the parent)."""
+    """Log to ``<log_dir>/<name>.log`` (rotating), and to stderr when asked (the parent).
+
+    Also sends this process's faulthandler stack dumps to the same file."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -25,15 +40,20 @@ def setup_logging(settings: Settings, name: str, *, to_stderr: bool = False) -> 
     assert settings.log_dir is not None
     try:
         settings.log_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(
+        fh = LogFileHandler(
             settings.log_file(name), maxBytes=settings.log_max_bytes,
             backupCount=settings.log_backups, encoding="utf-8",
         )
         fh.setFormatter(fmt)
         root.addHandler(fh)
+        log_path: Path | None = settings.log_file(name)
     except OSError as exc:
         print(f"cannot open log file in {settings.log_dir}: {exc}", file=sys.stderr)
         to_stderr = True
+        log_path = None
+    # faulthandler: a stack dump on SIGSEGV/SIGABRT/... and on the parent's dump request
+    if enable_stack_dumps(log_path) == "stderr" and log_path is not None:
+        print(f"stack dumps go to stderr: cannot open {log_path}", file=sys.stderr)
     if to_stderr:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)

@@ -9,9 +9,9 @@ across a restart.
 Snapshot shape::
 
     {"children": {name: {"kind": "publisher"|"worker", "state": str, "total_restarts": int,
-                         "recycles": int, "rss_bytes": int|None, "fds": int|None,
+                         "recycles": int, "hung_kills": int, "rss_bytes": int|None, "fds": int|None,
                          "totals": {counter: number, "streams": {...}, "latency": {...}}}},
-     "publisher": {"redis": "up"|"down"|None, "buffered": int|None}}
+     "publisher": {"redis": "up"|"down"|None, "buffered": int|None, "spool": dict|None}}
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ STREAM_COUNTERS = {
     "in": ("collector_events_in", "Events received from workers"),
     "pushed": ("collector_events_pushed", "Events acknowledged by Redis (XADD)"),
     "deduped": ("collector_events_deduped", "Events dropped as duplicates within the dedup window"),
-    "dropped": ("collector_events_dropped", "Events dropped by the publisher (buffer full or rate limit)"),
+    "dropped": ("collector_events_dropped", "Events dropped by the publisher (disk spool full or failing)"),
 }
 
 #: worker counters: stats key -> metric name
@@ -68,6 +68,7 @@ class SupervisorCollector(Collector):
         yield from _child_families(children)
         yield from _publisher_families(snap.get("publisher") or {}, children)
         yield from _listing_families(children)
+        yield from _spool_families(snap.get("publisher") or {}, children)
 
 
 def _listing_families(children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
@@ -86,6 +87,48 @@ def _listing_families(children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
         ignored.add_metric(["empty"], _num(totals.get("listing_snapshots_empty")))
     yield events
     yield ignored
+
+
+#: disk spool counters carried across publisher restarts (publisher totals) -> metric name
+SPOOL_COUNTERS = {
+    "spool_dropped_events": ("collector_spool_dropped_events",
+                             "Events dropped because the disk spool was full or failing"),
+    "spool_corrupt_records": ("collector_spool_corrupt_records",
+                              "Torn or corrupt disk spool records found (and skipped)"),
+    "spool_write_errors": ("collector_spool_write_errors", "Disk spool write, fsync or cursor errors"),
+}
+#: disk spool gauges: key in the publisher's spool stats -> metric name
+SPOOL_GAUGES = {
+    "records": ("collector_spool_records", "Records in the disk spool not yet replayed to Redis"),
+    "bytes": ("collector_spool_bytes", "Bytes used by the disk spool (on disk plus queued)"),
+    "segments": ("collector_spool_segments", "Segment files of the disk spool"),
+    "max_bytes": ("collector_spool_max_bytes", "Size bound of the disk spool"),
+}
+
+
+def _spool_families(pub: dict[str, Any], children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
+    spool = pub.get("spool") if isinstance(pub.get("spool"), dict) else None
+    open_ok = spool is not None and not spool.get("error")
+    for key, (name, doc) in SPOOL_GAUGES.items():
+        g = GaugeMetricFamily(name, doc)
+        g.add_metric([], _num(spool.get(key)) if open_ok and spool is not None else 0.0)
+        yield g
+    spilling = GaugeMetricFamily("collector_spool_spilling",
+                                 "1 while the publisher sends events to the disk spool (Redis down)")
+    spilling.add_metric([], 1.0 if open_ok and spool is not None and spool.get("spilling") else 0.0)
+    yield spilling
+    available = GaugeMetricFamily("collector_spool_available", "1 when the disk spool is open")
+    available.add_metric([], 1.0 if open_ok else 0.0)
+    yield available
+    totals: dict[str, Any] = {}
+    for child in children.values():
+        if child.get("kind") == "publisher":
+            totals = child.get("totals") or {}
+            break
+    for key, (name, doc) in SPOOL_COUNTERS.items():
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], _num(totals.get(key)))
+        yield c
 
 
 def _num(v: Any) -> float:
@@ -126,12 +169,15 @@ def _child_families(children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
     restarts = CounterMetricFamily("collector_child_restarts", "Crash restarts of a child process", labels=["name"])
     recycles = CounterMetricFamily(
         "collector_child_recycles", "Planned replacements of a child over a resource limit", labels=["name"])
+    hung = CounterMetricFamily(
+        "collector_child_hung_kills", "Children killed (after a stack dump) for a blocked event loop", labels=["name"])
     state = GaugeMetricFamily("collector_child_state", "1 for the child's current state", labels=["name", "state"])
     rss = GaugeMetricFamily("collector_child_rss_bytes", "Resident memory of a child process", labels=["name"])
     fds = GaugeMetricFamily("collector_child_open_fds", "Open file descriptors of a child process", labels=["name"])
     for name, child in sorted(children.items()):
         restarts.add_metric([name], _num(child.get("total_restarts")))
         recycles.add_metric([name], _num(child.get("recycles")))
+        hung.add_metric([name], _num(child.get("hung_kills")))
         current = child.get("state")
         for st in ProcessState:
             state.add_metric([name, st.value], 1.0 if st.value == current else 0.0)
@@ -139,7 +185,7 @@ def _child_families(children: dict[str, dict[str, Any]]) -> Iterable[Metric]:
             rss.add_metric([name], _num(child["rss_bytes"]))
         if child.get("fds") is not None:
             fds.add_metric([name], _num(child["fds"]))
-    yield from (restarts, recycles, state, rss, fds)
+    yield from (restarts, recycles, hung, state, rss, fds)
 
 
 def _publisher_families(pub: dict[str, Any], children: dict[str, dict[str, Any]]) -> Iterable[Metric]:

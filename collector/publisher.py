@@ -2,20 +2,35 @@
 
 Data path (one asyncio loop, one process)::
 
-    worker connections (Unix socket, one per worker)
-      -> per event: dedup on its natural key (window, bounded key count)
+    worker connections (Unix socket, one per worker; each a *producer* with its own batch seq)
+      -> per event: events with a natural monotonic id go on as they are (Redis checks them);
+         others are deduplicated on their natural key here (window, bounded key count)
+      -> a batch becomes *parts* (one EVALSHA of collector/redis_scripts.APPLY_BATCH each): the
+         ungated events per 1000, and each event of a rate-limited class on its own
       -> per stream class token bucket (over the rate: wait in order, never dropped)
-      -> bounded buffer (full: new events dropped, counted per "exchange|class")
-      -> ONE writer task: up to pipeline_max pre-packed XADDs in one write, replies read back
+      -> bounded buffer (full: the publisher stops reading from the workers - backpressure; the
+         workers keep their unacknowledged batches, and drop, counted, only past their own bound)
+      -> ONE writer task: pre-packed parts pipelined in one write, replies read back
+      -> ``{"t":"ack","seq":N}`` to the worker once every part of its batches up to N is in Redis
+
+Delivery is at-least-once from the worker and idempotent in Redis, i.e. effectively exactly once:
+each part checks and advances its producer's watermark ``pub:wm:{node_id}:{producer}`` in the
+same script that XADDs it, so a part sent again (replies lost, publisher SIGKILLed and restarted,
+worker re-sending unacknowledged batches) is skipped whole; events with a natural monotonic id
+(trade id, book sequence) are only written above their stream's high-watermark, so two HA nodes
+on one Redis put each in the stream once.
 
 Commands are packed with ``hiredis.pack_command`` when an event arrives and written on a raw
 connection (:mod:`collector.redis_writer`): redis-py's asyncio client encodes in pure Python and
 tops out near 40k XADD/s, pre-packed RESP near 200k/s (research/limits.md 2b). One writer keeps
 arrival order per stream. When Redis is unreachable the batch stays at the head of the buffer and is
-resent after a backoff; new events accumulate (bounded) and are delivered in order when it returns.
+resent after a backoff (harmless: applying is idempotent); new events accumulate (bounded) and are
+delivered in order when it returns.
 
 Listing detection (:mod:`collector.listings`) turns ``instruments`` messages into listing events,
-each written with its state change in one MULTI/EXEC through the same ordered writer. A heartbeat
+each written with its state change in one MULTI/EXEC through the same ordered writer; the
+event's XADD is skipped (redis_scripts.LISTING_EVENT) when Redis already holds that state, which
+makes the transaction safe to resend and lets two HA nodes announce a listing once. A heartbeat
 hash ``node:heartbeat:{node_id}`` (Node A format plus worker states) is written on a second
 connection, so a backlog of events never delays it.
 """
@@ -23,7 +38,7 @@ connection, so a backlog of events never delays it.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import heapq
 import logging
 import os
 import socket
@@ -38,16 +53,20 @@ import orjson
 
 from collector.listings import (
     InstrumentsError, ListingTracker, ListingUpdate, decode_state, listing_params, load_commands,
-    parse_instruments_msg, state_commands,
+    pairs_key, parse_instruments_msg, state_commands, state_field,
 )
+from collector import redis_scripts as scripts
 from collector.logs import setup_logging
 from collector.redis_writer import RedisConnection, RedisUnavailable, is_transient_error
+from collector.spool import Spool, SpoolError, pack_part, unpack_part
 from shared import __version__, ipc
 from shared.backoff import Backoff
 from shared.child import StatusLink, run_child
 from shared.dedup import Deduper
 from shared.logutil import LogLimiter
-from shared.events import EV_DELISTING, EV_LISTING, EV_PRE_LISTING, EV_STATUS_CHANGE, now_ms
+from shared.events import (
+    EV_DELISTING, EV_LISTING, EV_PRE_LISTING, EV_STATUS_CHANGE, fields_to_dict, now_ms,
+)
 from shared.ratelimit import TokenBucket
 from shared.symbols import NAME_RE
 from shared.settings import Settings
@@ -61,10 +80,28 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 )
 #: a connection must say hello within this long
 HELLO_TIMEOUT = 10.0
-#: events ingested from one connection before yielding to the loop (lets the writer run)
+#: events ingested from one connection before yielding to the loop (lets the writer run); also
+#: the size of an ungated part (its index = event position // PART_EVENTS, the same on a re-send)
 YIELD_EVERY = 1000
+PART_EVENTS = YIELD_EVERY
+#: events per frame at most (a gated event's part index is its position: < redis_scripts.PART_SLOTS)
+MAX_FRAME_EVENTS = scripts.PART_SLOTS - 1
+#: an ack is skipped (a later cumulative one replaces it) while a worker does not read its socket
+_ACK_BACKLOG_MAX = 1 << 20
+#: producer ids as workers send them in hello ([A-Za-z0-9_.:-], bounded)
+_PRODUCER_MAX = 128
 _MAX_STREAM_KEY = 512
+#: trade streams one resume question may name
+_RESUME_MAX_STREAMS = 10_000
+#: the trade tapes a resume question may name (Binance spot aggregates are a tape of their own) and
+#: the entry types of theirs that are trades (not ``trade_gap`` markers)
+_RESUME_STREAM_PREFIXES = ("md:trade:", "md:agg_trade:")
+_RESUME_ENTRY_TYPES = (b"trade", b"agg_trade")
 LISTING_CLASS = "listing"
+#: spool replay: bytes read per spool read (records already in memory beyond the buffer bound)
+SPOOL_READ_BYTES = 1024 * 1024
+#: spool replay: poll interval while replayed records are still on their way to Redis
+SPOOL_POLL = 0.01
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -81,11 +118,12 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
 class StreamStats:
     """Counters of one ``exchange|class``."""
 
-    __slots__ = ("exchange", "cls", "in_", "pushed", "deduped", "dropped", "rate_limited")
+    __slots__ = ("exchange", "cls", "key", "in_", "pushed", "deduped", "dropped", "rate_limited")
 
     def __init__(self, exchange: str, cls: str) -> None:
         self.exchange = exchange
         self.cls = cls
+        self.key = f"{exchange}|{cls}"  # as spooled parts name their events' counters
         self.in_ = 0
         self.pushed = 0
         self.deduped = 0
@@ -135,31 +173,86 @@ class _Gate:
 class _Conn:
     """One worker connection."""
 
-    __slots__ = ("exchange", "pid", "stats", "writer")
+    __slots__ = ("exchange", "pid", "stats", "writer", "producer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.exchange: str | None = None
         self.pid: int | None = None
         self.stats: dict[str, StreamStats] = {}
         self.writer = writer
+        self.producer: _Producer | None = None
 
 
-# Buffer items are tuples (fast to build on the hot path):
-#   (packed_commands: bytes, n_replies: int, stats: StreamStats, rx_ns: int, exec_index)
-# exec_index None: a plain XADD; -1: a MULTI/EXEC with state only; >= 0: a MULTI/EXEC whose EXEC
-# result holds the event's XADD reply at that index. MULTI/EXEC items carry a sixth element: the
-# listing event's name (listing, delisting, ...) or None, for the per-event-type counters.
-_PACKED, _NREPLIES, _STATS, _RX, _XI, _EV = range(6)
+class _Batch:
+    """One worker batch (``events`` frame) until every part of it is in Redis."""
+
+    __slots__ = ("seq", "remaining", "nbytes")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.remaining = 1  # a guard held while the frame is being ingested
+        self.nbytes = 0     # packed size of its parts (what the worker's unacked window holds, roughly)
 
 
-_MULTI = hiredis.pack_command(("MULTI",))
-_EXEC = hiredis.pack_command(("EXEC",))
-#: stands for "retry this item" in unwrapped replies (a transaction that did not run)
-_RETRY_REPLY = hiredis.ReplyError("TRYAGAIN transaction not executed")
+class _Producer:
+    """A worker incarnation as the watermark knows it: its batches in flight and what is acked.
+
+    Kept while it is connected or has parts in the buffer (bounded by both)."""
+
+    __slots__ = ("pid", "wm_key", "conn", "pending", "pending_bytes", "acked", "max_seq", "ack_due")
+
+    def __init__(self, pid: str, wm_key: str) -> None:
+        self.pid = pid
+        self.wm_key = wm_key
+        self.conn: _Conn | None = None
+        self.pending: deque[_Batch] = deque()
+        self.pending_bytes = 0  # sum of nbytes of the pending batches
+        self.acked = -1        # highest seq with every batch up to it in Redis (this incarnation)
+        self.max_seq = -1      # highest seq taken from the socket (a lower one is a re-send)
+        self.ack_due = False
 
 
-def _item_events(item: tuple) -> int:
-    return 0 if item[_XI] == -1 else 1
+class _Part:
+    """Buffer item: one EVALSHA of APPLY_BATCH (a worker batch's events of one lane), or one
+    replayed from the disk spool (``batch``/``producer`` None, ``ordinal`` its replay position)."""
+
+    __slots__ = ("packed", "n_events", "stats", "rx", "batch", "producer", "gate", "unsure", "ordinal")
+
+    n_replies = 1
+
+    def __init__(self, packed: bytes, stats: list[StreamStats], rx: list[int], batch: _Batch | None,
+                 producer: _Producer | None, gate: str | None) -> None:
+        self.packed = packed
+        self.n_events = len(stats)
+        self.stats = stats
+        self.rx = rx
+        self.batch = batch
+        self.producer = producer
+        self.gate = gate
+        self.unsure = False  # sent in a round whose replies were lost (maybe applied by us)
+        self.ordinal: int | None = None
+
+
+class _Txn:
+    """Buffer item: a listing MULTI/EXEC. ``xi`` None: state only; else the index of the listing
+    event's EVAL in the EXEC result. ``ev`` = the event name (listing, delisting ...) or None."""
+
+    __slots__ = ("packed", "n_replies", "stat", "rx", "xi", "ev", "n_events")
+
+    gate = LISTING_CLASS
+
+    def __init__(self, packed: bytes, n_replies: int, stat: StreamStats, rx: int, xi: int | None,
+                 ev: str | None) -> None:
+        self.packed = packed
+        self.n_replies = n_replies
+        self.stat = stat
+        self.rx = rx
+        self.xi = xi
+        self.ev = ev
+        self.n_events = 0 if xi is None else 1
+
+
+_Item = _Part | _Txn
 
 
 class Publisher:
@@ -168,10 +261,11 @@ class Publisher:
         self.settings = settings
         self.link = link
         self.dedup = Deduper(ps.dedup_window, ps.dedup_max_keys)
-        self.buffer: deque[tuple] = deque()
+        self.buffer: deque[_Item] = deque()
         self.buffer_limit = ps.buffer_max_events
         self.pipeline_max = ps.pipeline_max
-        self.gated = 0  # items waiting in gates (part of `buffered`)
+        #: events in the buffer and the gates (what the limit bounds)
+        self.buffered_events = 0
         self.gates: dict[str, _Gate] = {cls: _Gate(cls, r) for cls, r in ps.rate_limits.items() if r and r > 0}
         self.maxlen: dict[str, str] = {cls: str(n) for cls, n in ps.maxlen.items()}
         self.maxlen_default = str(ps.maxlen.get("default", 100_000))
@@ -183,11 +277,14 @@ class Publisher:
             (EV_PRE_LISTING, EV_LISTING, EV_STATUS_CHANGE, EV_DELISTING), 0)
         self.children: dict[str, Any] = {}
         # RedisEndpoint parsing raises ValueError on a bad URL (a config error)
-        self.data_conn = RedisConnection(settings.redis, name="data")
+        # the apply script is loaded on every (re)connection, so EVALSHA finds it after a restart
+        self.data_conn = RedisConnection(settings.redis, name="data", init_commands=scripts.LOAD_COMMANDS)
         self.ctl_conn = RedisConnection(settings.redis, name="control")
         self.redis_up = False
         self.redis_down_since: int | None = now_ms()  # unknown until the first connect
         self.redis_errors = 0
+        #: why Redis was last unreachable (TLS, AUTH, refused ...); shown in status while down
+        self.redis_last_error: str | None = None
         self.errors = 0
         self.frame_errors = 0
         self.invalid_events = 0
@@ -198,22 +295,64 @@ class Publisher:
         self._conns: set[_Conn] = set()
         self._conn_tasks: set[asyncio.Task] = set()
         self._inflight = 0
-        # write units (see _writer_loop): each round's units are atomic (MULTI/EXEC) and record
-        # "{incarnation}:{unit}" in the marker key, so a round whose replies were lost can be
-        # resolved exactly (applied or not) instead of resent blindly (duplicates)
-        self.marker_key = f"pub:written:{settings.node_id}"
         self.incarnation = os.urandom(6).hex()
-        self._next_unit = 0
-        #: the units of a round whose outcome is unknown (connection lost before the replies)
-        self._unresolved: list[tuple[int, int]] | None = None
-        self.rounds_resolved_applied = 0
-        self.rounds_resolved_resent = 0
+        self._anon = 0
+        self.producers: dict[str, _Producer] = {}
+        self._ack_due: set[_Producer] = set()
+        self._wm_ttl = str(ps.producer_ttl)
+        self._hwm_ttl = str(ps.hwm_ttl)
+        self._key_ttl = str(max(1, int(ps.dedup_window)))
+        #: HA pairs: events without a monotonic id are deduplicated by key in Redis as well
+        self.cross_node_dedup = ps.cross_node_dedup
+        #: rounds whose replies were lost (connection cut): written again, skipped where applied
+        self.rounds_resent = 0
+        #: parts the watermark said were applied already (a re-send); not written twice
+        self.parts_already_applied = 0
+        #: re-sent batches this publisher had taken already (dropped on arrival, acked when done)
+        self.batches_resent_ignored = 0
+        #: events skipped in Redis as duplicates (stream high-watermark, keyed, listing state)
+        self.redis_duplicates = 0
+        self.acks_sent = 0
+        self._reload_scripts = False
+        self._room = asyncio.Event()
+        self._room.set()
         self._work = asyncio.Event()
         self._redis_up_evt = asyncio.Event()
         self._listing_wake = asyncio.Event()
         self._hb_wake = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._logl = LogLimiter()
+        # ---- disk spool (see "Disk spool" in the README and _start_spill) ----
+        self.spool: Spool | None = None
+        #: why the spool could not be opened (then a long outage means backpressure, as without it)
+        self.spool_error: str | None = None
+        #: worker parts go to the spool instead of memory (from the first spill until it is replayed)
+        self.spilling = False
+        #: events lost because the spool refused their part (full) or lost it (write error)
+        self.spool_dropped_events = 0
+        self.spool_last_drop_at: int | None = None  # wall ms
+        #: replayed records that could not be decoded (counted, skipped)
+        self.spool_bad_records = 0
+        self.spilled_parts = 0
+        self.replayed_parts = 0
+        #: replayed parts spooled longer ago than producer_ttl: replayed all the same (never
+        #: applied, as a rule), but their producer watermark may have expired, so one applied just
+        #: before a crash could be written twice (see "Disk spool" in the README)
+        self.replayed_past_ttl = 0
+        self._producer_ttl_ms = ps.producer_ttl * 1000
+        #: spilled parts waiting to be durable, in spool order: (spool seq, part)
+        self._spooled: deque[tuple[int, _Part]] = deque()
+        self._spooled_evt = asyncio.Event()
+        self._spill_evt = asyncio.Event()
+        self._replay_next = 0          # ordinal of the next record read from the spool
+        self._replay_acked = 0         # records acknowledged to the spool (a prefix of the ordinals)
+        self._replay_done: list[int] = []  # settled ordinals beyond that prefix (min-heap)
+        self._spool_reading = False    # a spool read runs in a thread (close waits for it)
+        # spill before a worker's unacknowledged window fills (it would stop sending, and past
+        # its queue drop): half its batch and byte bounds (the workers read the same settings)
+        ch = settings.channel
+        self._spill_batches = max(1, ch.max_unacked_batches // 2)
+        self._spill_bytes = max(1, ch.max_unacked_bytes // 2)
 
     # ------------------------------------------------------------------ stats
     def _stat(self, exchange: str, cls: str) -> StreamStats:
@@ -223,8 +362,12 @@ class Publisher:
             st = self.streams[key] = StreamStats(exchange, cls)
         return st
 
+    def _stat_of(self, key: str) -> StreamStats:
+        exchange, _, cls = key.partition("|")
+        return self._stat(exchange, cls or "unknown")
+
     def buffered(self) -> int:
-        return len(self.buffer) + self.gated
+        return self.buffered_events
 
     def stats(self) -> dict[str, Any]:
         """The beat payload for the parent (stats contract in the team brief)."""
@@ -244,9 +387,37 @@ class Publisher:
             "workers_connected": sorted({c.exchange for c in self._conns if c.exchange}),
             "frame_errors": self.frame_errors,
             "errors": self.errors,
-            # rounds whose replies were lost, resolved through the marker key
-            "rounds_resolved": {"applied": self.rounds_resolved_applied, "resent": self.rounds_resolved_resent},
+            "last_error": None if self.redis_up else self.redis_last_error,
+            # idempotent delivery (see the module docstring)
+            "delivery": {
+                "rounds_resent": self.rounds_resent, "parts_already_applied": self.parts_already_applied,
+                "batches_resent_ignored": self.batches_resent_ignored,
+                "redis_duplicates": self.redis_duplicates, "acks_sent": self.acks_sent,
+                "producers": len(self.producers),
+            },
+            "spool": self.spool_stats(),
+            # cumulative counters the parent carries across publisher restarts (metrics)
+            "spool_dropped_events": self.spool_dropped_events,
+            "spool_corrupt_records": (self.spool.corrupt_records + self.spool_bad_records) if self.spool else 0,
+            "spool_write_errors": self.spool.write_errors if self.spool else 0,
         }
+
+    def spool_stats(self) -> dict[str, Any] | None:
+        """The spool's state for status, heartbeat and metrics; None when it is disabled."""
+        if self.spool is None:
+            return {"error": self.spool_error} if self.spool_error else None
+        st: dict[str, Any] = dict(self.spool.stats())
+        st.update({
+            "spilling": self.spilling,
+            "events_dropped": self.spool_dropped_events,
+            "last_drop_at": self.spool_last_drop_at,
+            "bad_records": self.spool_bad_records,
+            "spilled_parts": self.spilled_parts,
+            "replayed_parts": self.replayed_parts,
+            "replayed_past_ttl": self.replayed_past_ttl,
+            "dir": str(self.spool.directory),
+        })
+        return st
 
     def _on_parent_message(self, msg: dict) -> None:
         if msg.get("t") == "children" and isinstance(msg.get("children"), dict):
@@ -259,12 +430,16 @@ class Publisher:
         except OSError as exc:
             log.error("cannot listen on %s: %s", self.settings.publisher_socket, exc)
             return EXIT_CRASH
+        await self._open_spool()
         await self.link.start(self.stats, self._on_parent_message)
         tasks = {
             "writer": asyncio.create_task(self._writer_loop(), name="writer"),
             "listings": asyncio.create_task(self._listing_loop(), name="listings"),
             "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         }
+        if self.spool is not None:
+            tasks["spool_settle"] = asyncio.create_task(self._settle_loop(), name="spool-settle")
+            tasks["spool_replay"] = asyncio.create_task(self._replay_loop(), name="spool-replay")
         self.link.ready()
         log.info("publisher ready on %s (redis %s)", self.settings.publisher_socket,
                  self.data_conn.endpoint.describe())
@@ -278,6 +453,30 @@ class Publisher:
                     log.error("internal task %s failed", name, exc_info=t.exception())
             self.link.request_stop()
         return await self._shutdown(tasks)
+
+    async def _open_spool(self) -> None:
+        """Open (or resume) the disk spool; without it a long Redis outage means backpressure."""
+        ps = self.settings.publisher
+        if not ps.spool_enabled:
+            return
+        spool = Spool(self.settings.spool_directory, max_bytes=ps.spool_max_bytes,
+                      segment_bytes=min(ps.spool_segment_bytes, ps.spool_max_bytes),
+                      fsync=ps.spool_fsync, fsync_interval_ms=ps.spool_fsync_interval_ms)
+        try:
+            await asyncio.to_thread(spool.open)
+        except SpoolError as exc:
+            self.spool_error = str(exc)[:300]
+            log.error("disk spool unavailable, a long Redis outage will hold the workers back "
+                      "instead: %s", exc)
+            return
+        self.spool = spool
+        if spool.pending() > 0:
+            # records from before a restart go to Redis before any new event: new parts join
+            # them in the spool until it is replayed
+            self.spilling = True
+            self._spill_evt.set()
+            log.info("disk spool holds %d records from before; replaying them before new events",
+                     spool.pending())
 
     async def _listen(self) -> asyncio.AbstractServer:
         path = self.settings.publisher_socket
@@ -323,7 +522,8 @@ class Publisher:
             conn.exchange = exchange
             pid = hello.get("pid")
             conn.pid = pid if type(pid) is int else None
-            log.info("worker %s connected (pid %s)", exchange, conn.pid)
+            prod = conn.producer = self._attach_producer(conn, hello.get("producer"))
+            log.info("worker %s connected (pid %s, producer %s)", exchange, conn.pid, prod.pid)
             since_yield = 0
             while True:
                 msg = await ipc.read_frame(reader)
@@ -332,18 +532,36 @@ class Publisher:
                 kind = msg.get("t") if type(msg) is dict else None
                 if kind == "events":
                     events = msg.get("events")
+                    seq = msg.get("seq")
                     if type(events) is not list:
                         raise ipc.FrameError("events: 'events' must be a list")
-                    if len(events) <= YIELD_EVERY:
-                        self._ingest(conn, events)
-                        since_yield += len(events)
-                    else:  # a huge frame must not hold the loop (beats, the writer) for seconds
-                        for k in range(0, len(events), YIELD_EVERY):
-                            self._ingest(conn, events[k:k + YIELD_EVERY])
+                    if type(seq) is not int or not 0 <= seq <= scripts.MAX_SEQ:
+                        raise ipc.FrameError("events: 'seq' must be an integer >= 0")
+                    if len(events) > MAX_FRAME_EVENTS:
+                        raise ipc.FrameError(f"events: more than {MAX_FRAME_EVENTS} events in one frame")
+                    if seq <= prod.max_seq:
+                        # a re-send of a batch taken already (the worker reconnected before our
+                        # ack reached it): it is in the buffer or in Redis; ack it when it is
+                        self.batches_resent_ignored += 1
+                        if seq <= prod.acked:
+                            self._ack_due.add(prod)
+                            self._send_acks()
+                        continue
+                    if self.buffered_events >= self.buffer_limit or not self.redis_up:
+                        await self._wait_room(prod)
+                    prod.max_seq = seq
+                    batch = _Batch(seq)
+                    prod.pending.append(batch)
+                    for k in range(0, len(events), PART_EVENTS):
+                        self._ingest(conn, prod, batch, events, k)
+                        since_yield += PART_EVENTS
+                        if since_yield >= YIELD_EVERY:  # a huge frame must not hold the loop
+                            since_yield = 0
                             await asyncio.sleep(0)
-                    if since_yield >= YIELD_EVERY:
-                        since_yield = 0
-                        await asyncio.sleep(0)
+                    self._part_done(batch, prod)  # the ingest guard
+                    self._work.set()
+                    if self._ack_due:
+                        self._send_acks()
                 elif kind == "instruments":
                     try:
                         parsed = parse_instruments_msg(msg)
@@ -357,6 +575,8 @@ class Publisher:
                     self._listing_wake.set()
                 elif kind == "hello":
                     continue
+                elif kind == "resume?":
+                    await self._answer_resume(writer, msg)
                 else:
                     raise ipc.FrameError(f"unknown frame type {str(kind)[:40]!r}")
         except asyncio.TimeoutError:
@@ -371,26 +591,355 @@ class Publisher:
         finally:
             self._conns.discard(conn)
             self._conn_tasks.discard(task)
+            prod = conn.producer
+            if prod is not None and prod.conn is conn:
+                prod.conn = None
+                self._forget_idle_producer(prod)
             writer.close()
             if conn.exchange:
                 log.info("worker %s disconnected", conn.exchange)
 
-    def _ingest(self, conn: _Conn, events: list) -> None:
-        """The hot path: validate, dedup, pack and queue every wire event of one frame."""
+    async def _answer_resume(self, writer: asyncio.StreamWriter, msg: dict) -> None:
+        """``resume?`` from a (re)started worker (workers/gapfill.py resumes its trade streams from
+        here): each stream's high-watermark and newest stored trade, or ``error`` while Redis is
+        unreachable (the worker asks again)."""
+        streams = msg.get("streams")
+        if (type(streams) is not list or len(streams) > _RESUME_MAX_STREAMS
+                or not all(type(s) is str and s.startswith(_RESUME_STREAM_PREFIXES)
+                           and len(s) <= _MAX_STREAM_KEY for s in streams)):
+            raise ipc.FrameError("resume?: 'streams' must be a list of trade stream keys")
+        answer: dict[str, Any] = {"t": "resume", "error": "redis unavailable"}
+        if self.redis_up and streams:
+            cmds = [c for s in streams for c in (("GET", scripts.HWM_PREFIX + s), ("XREVRANGE", s, "+", "-", "COUNT", "4"))]
+            try:
+                replies = await self.ctl_conn.execute_packed(b"".join([hiredis.pack_command(c) for c in cmds]),
+                                                             len(cmds))
+            except RedisUnavailable as exc:
+                answer["error"] = str(exc)[:200]
+            else:
+                hwm: dict[str, str] = {}
+                last: dict[str, list[Any]] = {}
+                for s, h, entries in zip(streams, replies[0::2], replies[1::2]):
+                    if type(h) is bytes:
+                        hwm[s] = h.decode()
+                    for entry in entries if type(entries) is list else ():
+                        f = dict(zip(entry[1][0::2], entry[1][1::2])) if type(entry) is list and len(entry) == 2 \
+                            and type(entry[1]) is list else {}
+                        if f.get(b"type") in _RESUME_ENTRY_TYPES and f.get(b"ts_exchange", b"").isdigit():
+                            last[s] = [f.get(b"trade_id", b"").decode(errors="replace"), int(f[b"ts_exchange"])]
+                            break
+                answer = {"t": "resume", "hwm": hwm, "last": last}
+        elif self.redis_up:
+            answer = {"t": "resume", "hwm": {}, "last": {}}
+        ipc.write_frame(writer, answer)
+
+    # ---- producers and acks ----
+    def _attach_producer(self, conn: _Conn, given: Any) -> _Producer:
+        """The producer record of this connection. Workers send a producer id unique per worker
+        process (exchange + start id); without one the connection is its own producer."""
+        if given is None:
+            self._anon += 1
+            pid = f"{conn.exchange}.anon-{self.incarnation}-{self._anon}"
+        elif (type(given) is not str or not 0 < len(given) <= _PRODUCER_MAX
+              or not given.replace("-", "").replace("_", "").replace(".", "").replace(":", "").isalnum()
+              or not given.isascii()):
+            raise ipc.FrameError("hello: bad producer id")
+        else:
+            pid = given
+        prod = self.producers.get(pid)
+        if prod is None:
+            prod = self.producers[pid] = _Producer(pid, f"{scripts.WATERMARK_PREFIX}{self.settings.node_id}:{pid}")
+        prod.conn = conn  # a reconnect takes over (the old connection, if any, is dying)
+        if prod.acked >= 0:
+            self._ack_due.add(prod)  # tell the reconnected worker what is done at once
+            self._send_acks()
+        return prod
+
+    def _forget_idle_producer(self, prod: _Producer) -> None:
+        if prod.conn is None and not prod.pending and self.producers.get(prod.pid) is prod:
+            del self.producers[prod.pid]
+            self._ack_due.discard(prod)
+
+    def _part_done(self, batch: _Batch, prod: _Producer) -> None:
+        """One part of ``batch`` is settled (in Redis, a duplicate, or failed for good)."""
+        batch.remaining -= 1
+        if batch.remaining:
+            return
+        pending = prod.pending
+        advanced = False
+        while pending and pending[0].remaining == 0:
+            done = pending.popleft()
+            prod.acked = done.seq
+            prod.pending_bytes -= done.nbytes
+            advanced = True
+        if advanced:
+            self._ack_due.add(prod)
+            if not pending and prod.conn is None:
+                self._forget_idle_producer(prod)
+
+    def _send_acks(self) -> None:
+        """Cumulative acks to the workers whose acked seq advanced. An ack to a worker that does
+        not read its socket is skipped (bounded): the next one covers it."""
+        for prod in self._ack_due:
+            conn = prod.conn
+            if conn is None:
+                continue
+            w = conn.writer
+            if w.is_closing() or w.transport.get_write_buffer_size() > _ACK_BACKLOG_MAX:
+                continue
+            ipc.write_frame(w, {"t": "ack", "seq": prod.acked})
+            self.acks_sent += 1
+        self._ack_due.clear()
+
+    async def _wait_room(self, prod: _Producer | None = None) -> None:
+        """Before a batch is taken while Redis is down or the buffer is full.
+
+        With a spool, Redis down and memory running out (buffer full, or this worker's
+        unacknowledged batches at half its window, after which it would stop sending and then
+        drop): start spilling (:meth:`_start_spill`). Otherwise, while the buffer is full, stop
+        reading from this worker until the writer makes room; the worker keeps its
+        unacknowledged batches (bounded, counted drops past its own bound)."""
+        while True:
+            if not self.spilling and not self.redis_up:
+                self._maybe_spill(prod)
+            if self.spilling or self.buffered_events < self.buffer_limit:
+                return
+            self._room.clear()
+            await self._room.wait()
+
+    # ---- disk spool ----
+    def _maybe_spill(self, prod: _Producer | None = None) -> bool:
+        """Start spilling if Redis is down and memory is running out (see _wait_room). Not while
+        a round is in flight: its parts stay at the buffer head, so the spool could not hold
+        everything in order (needed: a part applied after a later one of its producer and
+        lane is skipped by the watermark)."""
+        if self.spool is None or self.spilling or self.redis_up or self._inflight:
+            return False
+        full = self.buffered_events >= self.buffer_limit
+        if not full:
+            prods = (prod,) if prod is not None else self.producers.values()
+            full = any(len(p.pending) >= self._spill_batches or p.pending_bytes >= self._spill_bytes
+                       for p in prods)
+        if full:
+            self._start_spill()
+        return full
+
+    def _start_spill(self) -> None:
+        """Move every worker part held in memory to the spool, oldest first (the buffer, then
+        the rate limiters' queues: per lane, the buffer holds the older parts), and send every
+        later one there too until the spool is replayed. So while spilling no worker part lives
+        only in memory: after a crash the spool holds, in order, every part a worker was told is
+        done, and the re-sent rest lands behind it. Listing transactions stay in memory."""
+        assert self.spool is not None and not self._inflight
+        self.spilling = True
+        self._spill_evt.set()
+        moved = 0
+        keep: list[_Item] = []
+        for item in self.buffer:
+            if type(item) is _Part and item.ordinal is None:
+                moved += item.n_events
+                self._spill_part(item)
+            else:
+                keep.append(item)
+        self.buffer.clear()  # in place: the writer holds a reference
+        self.buffer.extend(keep)
+        for gate in self.gates.values():
+            waiting = [it for it in gate.pending if type(it) is not _Part]
+            for item in gate.pending:
+                if type(item) is _Part:
+                    moved += item.n_events
+                    self._spill_part(item)
+            gate.pending.clear()
+            gate.pending.extend(waiting)
+        self.buffered_events -= moved
+        log.warning("Redis down for %.1fs and the in-memory backlog is at its bound: spilling to the "
+                    "disk spool %s (%d buffered events moved)",
+                    (now_ms() - self.redis_down_since) / 1000 if self.redis_down_since else 0.0,
+                    self.spool.directory, moved)
+        self._room.set()
+
+    def _spill_part(self, part: _Part) -> None:
+        """Append a worker part to the spool; its batch is settled once the record is durable
+        (or at once, its events counted as dropped, when the spool refuses it)."""
+        spool = self.spool
+        assert spool is not None
+        # the ingest wall time, from the part's first receive time (same monotonic clock)
+        age_ms = max(0, (time.monotonic_ns() - part.rx[0]) // 1_000_000) if part.rx else 0
+        try:
+            payload = pack_part(part.packed, [st.key for st in part.stats], now_ms() - age_ms)
+        except ValueError:
+            seq = None
+        else:
+            seq = spool.append(payload)
+        part.packed = b""  # the spool holds the bytes now
+        part.rx = []
+        self.spilled_parts += 1
+        if seq is None:
+            self._spool_drop(part)
+            if part.batch is not None and part.producer is not None:
+                self._part_done(part.batch, part.producer)
+        else:
+            self._spooled.append((seq, part))
+            self._spooled_evt.set()
+
+    def _spool_drop(self, part: _Part) -> None:
+        """A part the spool refused (full, write-error backoff, too large) or lost (write error):
+        its events are dropped, counted per stream and in spool_dropped_events."""
+        for st in part.stats:
+            st.dropped += 1
+        self.spool_dropped_events += part.n_events
+        self.spool_last_drop_at = now_ms()
+        if self._logl.ok("spool-drop"):
+            spool = self.spool
+            log.error("disk spool full or failing (%s): events dropped (%d so far)",
+                      spool.last_error if spool is not None and spool.last_error else "size bound reached",
+                      self.spool_dropped_events)
+
+    async def _settle_loop(self) -> None:
+        """Spilled parts, in spool order: once durable, settle their batches and ack the workers."""
+        spool = self.spool
+        assert spool is not None
+        q = self._spooled
+        while True:
+            if not q:
+                self._spooled_evt.clear()
+                await self._spooled_evt.wait()
+                continue
+            seq, part = q[0]
+            ok = await spool.wait_durable(seq)
+            q.popleft()
+            if not ok:
+                self._spool_drop(part)
+            if part.batch is not None and part.producer is not None:
+                self._part_done(part.batch, part.producer)
+            if self._ack_due and (not q or q[0][0] > spool.durable_seq):
+                self._send_acks()
+
+    async def _replay_loop(self) -> None:
+        """While spilling and Redis is up: feed spool records to the buffer tail, in order,
+        keeping the buffer at most about half full (new events keep going to the spool); when
+        every record is read and settled in Redis, stop spilling."""
+        spool = self.spool
+        assert spool is not None
+        half = max(1, self.buffer_limit // 2)
+        while True:
+            if not self.spilling:
+                self._spill_evt.clear()
+                await self._spill_evt.wait()
+                continue
+            if not self.redis_up:
+                await self._redis_up_evt.wait()
+                continue
+            room = half - self.buffered_events
+            if room <= 0:
+                await asyncio.sleep(SPOOL_POLL)
+                continue
+            self._spool_reading = True
+            try:
+                # at least one record; about ``room`` events (records hold up to PART_EVENTS)
+                records = await asyncio.to_thread(self._read_spool, max(1, min(256, room // 50)))
+            except OSError as exc:
+                self._spool_reading = False
+                if self._logl.ok("spool-read"):
+                    log.error("disk spool read failed (will retry): %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if records:
+                self._enqueue_replayed(records)
+            elif spool.pending() == 0:
+                # every record is in Redis and none was added since (appends happen on this
+                # loop, only while spilling): new parts go to memory again
+                self.spilling = False
+                log.info("disk spool replayed (%d parts so far); back to the in-memory buffer",
+                         self.replayed_parts)
+                self._room.set()
+            else:
+                await asyncio.sleep(SPOOL_POLL)  # replayed records still on their way to Redis
+
+    def _read_spool(self, max_records: int) -> list[bytes]:
+        """In a thread: one spool read (shutdown waits for the flag before closing the spool)."""
+        try:
+            assert self.spool is not None
+            return self.spool.read(max_records, SPOOL_READ_BYTES)
+        finally:
+            self._spool_reading = False
+
+    def _enqueue_replayed(self, records: list[bytes]) -> None:
+        now_ns = time.monotonic_ns()
+        wall = now_ms()
+        for rec in records:
+            ordinal = self._replay_next
+            self._replay_next += 1
+            try:
+                packed, keys, wall_ms = unpack_part(rec)
+            except ValueError as exc:
+                self.spool_bad_records += 1
+                self.errors += 1
+                if self._logl.ok("spool-bad"):
+                    log.error("disk spool: undecodable record skipped (%s); %d so far", exc, self.spool_bad_records)
+                self._replay_settled(ordinal)
+                continue
+            stats = [self.streams.get(k) or self._stat_of(k) for k in keys]
+            # the latency histogram includes the time spent in the spool
+            age_ms = max(0, wall - wall_ms)
+            rx = now_ns - age_ms * 1_000_000
+            if age_ms > self._producer_ttl_ms:
+                self.replayed_past_ttl += 1
+                if self._logl.ok("spool-ttl"):
+                    log.warning("replaying spool records older than producer_ttl (%ds): exactly-once "
+                                "is not guaranteed for them (%d so far)", self._producer_ttl_ms // 1000,
+                                self.replayed_past_ttl)
+            part = _Part(packed, stats, [rx] * len(stats), None, None, None)
+            part.ordinal = ordinal
+            self.buffer.append(part)
+            self.buffered_events += part.n_events
+            self.replayed_parts += 1
+        self._work.set()
+
+    def _replay_settled(self, ordinal: int) -> None:
+        """A replayed record is settled (in Redis, applied before, or failed for good): move the
+        spool's acknowledged cursor over the contiguous prefix of settled records."""
+        done = self._replay_done
+        heapq.heappush(done, ordinal)
+        n = 0
+        while done and done[0] == self._replay_acked:
+            heapq.heappop(done)
+            self._replay_acked += 1
+            n += 1
+        if n and self.spool is not None:
+            self.spool.ack(n)
+
+    def _ingest(self, conn: _Conn, prod: _Producer, batch: _Batch, events: list, start: int) -> None:
+        """The hot path: validate, dedup, build the parts of ``events[start:start+PART_EVENTS]``.
+
+        Ungated events form one part (index = start // PART_EVENTS); each event of a rate-limited
+        class forms its own part (index = its position) in that class's lane, so parts of a lane
+        reach Redis in order and the same frame always splits the same way (a re-send after a
+        publisher restart meets the same watermark positions)."""
         stats_by_cls = conn.stats
         exchange = conn.exchange or "?"
         now = time.monotonic()
         seen = self.dedup.seen
-        buffer = self.buffer
-        limit = self.buffer_limit
         gates = self.gates
         maxlen = self.maxlen
         maxlen_default = self.maxlen_default
-        pack = hiredis.pack_command
+        norm_mono = scripts.normalize_mono_id
+        hwm_prefix = scripts.HWM_PREFIX
+        cross_node = self.cross_node_dedup
+        keys: list[str] = []
+        args: list[Any] = []
+        pstats: list[StreamStats] = []
+        prx: list[int] = []
         bad = 0
-        for ev in events:
+        seq = batch.seq
+        for j in range(start, min(start + PART_EVENTS, len(events))):
+            ev = events[j]
             try:
-                stream, dkey, cls, fields, rx_ns = ev
+                if len(ev) == 5:
+                    stream, dkey, cls, fields, rx_ns = ev
+                    mono = None
+                else:
+                    stream, dkey, cls, fields, rx_ns, mono = ev
                 stat = stats_by_cls.get(cls)
                 if stat is None:
                     if type(cls) is not str or not NAME_RE.match(cls):
@@ -402,50 +951,130 @@ class Publisher:
                         or not fields or len(fields) & 1):
                     bad += 1
                     continue
-                if dkey is not None and seen(dkey, now):
+                if mono is not None:
+                    mono = norm_mono(mono)
+                    if mono is None:
+                        bad += 1
+                        continue
+                    ekeys = (stream, hwm_prefix + stream)
+                    mode = "m"
+                elif dkey is not None and seen(dkey, now):
                     stat.deduped += 1
                     continue
-                if len(buffer) + self.gated >= limit:
-                    stat.dropped += 1
-                    continue
-                packed = pack(("XADD", stream, "MAXLEN", "~", maxlen.get(cls, maxlen_default), "*", *fields))
+                elif dkey is not None and (cls == LISTING_CLASS or cross_node):
+                    # listing events from workers (and, for an HA pair, every event without a
+                    # monotonic id): deduplicated across nodes by key in Redis too
+                    ekeys = (stream, scripts.KEYED_PREFIX + str(dkey))
+                    mode = "k"
+                else:
+                    ekeys = (stream,)
+                    mode = "-"
+                eargs = (mode, mono or "", maxlen.get(cls, maxlen_default), len(fields))
                 if type(rx_ns) is not int:
                     rx_ns = time.monotonic_ns()
-            except (TypeError, ValueError):  # wrong shape, unhashable key, non-string field
+            except (TypeError, ValueError):  # wrong shape, unhashable key, ...
                 bad += 1
                 continue
-            item = (packed, 1, stat, rx_ns, None)
             gate = gates.get(cls)
             if gate is None:
-                buffer.append(item)
+                keys.extend(ekeys)
+                args.extend(eargs)
+                args.extend(fields)
+                pstats.append(stat)
+                prx.append(rx_ns)
             else:
-                self._admit_gated(gate, item)
+                part = self._make_part(prod, batch, cls, seq, j + 1, list(ekeys), [*eargs, *fields], [stat], [rx_ns])
+                if part is None:
+                    bad += 1
+                elif self.spilling:  # replayed without the rate limit (order within the lane kept)
+                    self._spill_part(part)
+                else:
+                    self._admit_gated(gates[cls], part)
+        if pstats:
+            part = self._make_part(prod, batch, "", seq, start // PART_EVENTS, keys, args, pstats, prx)
+            if part is None:
+                # a non-string field somewhere: find the bad events and build the part without them
+                keys, args, pstats, prx, nbad = self._valid_only(keys, args, pstats, prx)
+                bad += nbad
+                part = self._make_part(prod, batch, "", seq, start // PART_EVENTS, keys, args, pstats, prx) \
+                    if pstats else None
+            if part is None:
+                pass
+            elif self.spilling:
+                self._spill_part(part)
+            else:
+                self.buffer.append(part)
+                self.buffered_events += part.n_events
         if bad:
             self.errors += bad
             self.invalid_events += bad
             if self._logl.ok(f"invalid-{exchange}"):
                 log.warning("%s: %d malformed wire events dropped (total %d)", exchange, bad, self.invalid_events)
-        self._work.set()
+
+    def _make_part(self, prod: _Producer, batch: _Batch, lane: str, seq: int, index: int, keys: list[str],
+                   args: list[Any], stats: list[StreamStats], rx: list[int]) -> _Part | None:
+        """Pack one part (None when a field is not a string or number: the caller sorts it out)."""
+        try:
+            packed = scripts.pack_apply(prod.wm_key, lane, scripts.part_position(seq, index), self._wm_ttl,
+                                        self._hwm_ttl, self._key_ttl, keys, args)
+        except (TypeError, ValueError):
+            return None
+        batch.remaining += 1
+        batch.nbytes += len(packed)
+        prod.pending_bytes += len(packed)
+        return _Part(packed, stats, rx, batch, prod, lane or None)
+
+    @staticmethod
+    def _valid_only(keys: list[str], args: list[Any], stats: list[StreamStats], rx: list[int],
+                    ) -> tuple[list[str], list[Any], list[StreamStats], list[int], int]:
+        """The events of a part whose fields pack, and how many did not (the slow path)."""
+        out_k: list[str] = []
+        out_a: list[Any] = []
+        out_s: list[StreamStats] = []
+        out_r: list[int] = []
+        bad = 0
+        a = k = 0
+        for st, r in zip(stats, rx):
+            mode, nf = args[a], args[a + 3]
+            nk = 1 if mode == "-" else 2
+            ev_args = args[a:a + 4 + nf]
+            ev_keys = keys[k:k + nk]
+            a += 4 + nf
+            k += nk
+            try:
+                hiredis.pack_command(tuple(ev_args[4:]))
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            out_k.extend(ev_keys)
+            out_a.extend(ev_args)
+            out_s.append(st)
+            out_r.append(r)
+        return out_k, out_a, out_s, out_r, bad
 
     # ------------------------------------------------------------------ rate limiting
-    def _admit(self, item: tuple, cls: str) -> None:
+    def _admit(self, item: _Item, cls: str) -> None:
+        """A listing transaction: through its class's gate when there is one."""
+        self.buffered_events += item.n_events
         gate = self.gates.get(cls)
         if gate is None:
             self.buffer.append(item)
             self._work.set()
         else:
-            self._admit_gated(gate, item)
+            self._admit_gated(gate, item, counted=True)
 
-    def _admit_gated(self, gate: _Gate, item: tuple) -> None:
-        cost = _item_events(item)
+    def _admit_gated(self, gate: _Gate, item: _Item, counted: bool = False) -> None:
+        if not counted:
+            self.buffered_events += item.n_events
+        cost = item.n_events
         if not gate.pending and (cost == 0 or gate.bucket.try_take()):
             self.buffer.append(item)
             self._work.set()
             return
         gate.pending.append(item)
-        self.gated += 1
         if cost:
-            item[_STATS].rate_limited += 1
+            stats = item.stats if isinstance(item, _Part) else [item.stat]
+            stats[0].rate_limited += 1
         if gate.task is None or gate.task.done():
             gate.task = asyncio.create_task(self._gate_loop(gate), name=f"gate-{gate.cls}")
 
@@ -453,11 +1082,10 @@ class Publisher:
         """Release waiting items in order as tokens become available."""
         while gate.pending:
             item = gate.pending[0]
-            if _item_events(item) and not gate.bucket.try_take():
+            if item.n_events and not gate.bucket.try_take():
                 await asyncio.sleep(max(gate.bucket.delay_for(), 0.001))
                 continue
             gate.pending.popleft()
-            self.gated -= 1
             self.buffer.append(item)
             self._work.set()
 
@@ -470,18 +1098,22 @@ class Publisher:
                 log.info("shutdown: releasing %d rate-limited %s events", len(gate.pending), gate.cls)
             while gate.pending:
                 self.buffer.append(gate.pending.popleft())
-                self.gated -= 1
         self._work.set()
 
     # ------------------------------------------------------------------ writer
     def _mark_down(self, exc: BaseException) -> None:
         self.redis_errors += 1
+        self.redis_last_error = str(exc)[:500]  # RedisUnavailable text: scrubbed of the password
         if self.redis_up or self.redis_errors == 1:
             log.warning("Redis unavailable: %s; buffering up to %d events", exc, self.buffer_limit)
         if self.redis_up:
             self.redis_down_since = now_ms()
         self.redis_up = False
         self._redis_up_evt.clear()
+        if self.spool is not None and not self.spilling:
+            # a worker may have stopped sending (its window full): do not wait for its next batch
+            self._maybe_spill()
+            self._room.set()  # readers waiting for room re-check (they may spill now)
 
     def _mark_up(self) -> None:
         if self.redis_up:
@@ -501,6 +1133,7 @@ class Publisher:
         backoff = Backoff(ps.retry_initial, ps.retry_max)
         buffer = self.buffer
         ping = hiredis.pack_command(("PING",))
+        load = b"".join(hiredis.pack_command(c) for c in scripts.LOAD_COMMANDS)
         while True:
             if not buffer:
                 self._work.clear()
@@ -522,24 +1155,36 @@ class Publisher:
                         except RedisUnavailable as exc:
                             self._mark_down(exc)
                 continue
-            if self._unresolved is not None:
+            if self._reload_scripts:  # NOSCRIPT: someone ran SCRIPT FLUSH while we were connected
                 try:
-                    await self._resolve_unknown_round()
+                    await self.data_conn.execute_packed(load, len(scripts.LOAD_COMMANDS))
                 except RedisUnavailable as exc:
                     self._mark_down(exc)
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                if not buffer:
-                    continue
-            n = min(self.pipeline_max, len(buffer))
-            batch = list(itertools.islice(buffer, n))
-            data, n_replies, units = self._pack_round(batch)
+                self._reload_scripts = False
+            # a round: whole items, up to pipeline_max events (at least one item)
+            batch: list[_Item] = []
+            n_events = n_replies = 0
+            for item in buffer:
+                if batch and n_events + item.n_events > self.pipeline_max:
+                    break
+                batch.append(item)
+                n_events += item.n_events
+                n_replies += item.n_replies
+            n = len(batch)
+            data = b"".join([it.packed for it in batch])
             self._inflight = n
             try:
                 replies = await self.data_conn.execute_packed(data, n_replies)
             except RedisUnavailable as exc:
-                # applied or not? the marker tells, once Redis answers again
-                self._unresolved = units
+                # applied or not, the items stay at the head and are sent again: every part
+                # checks its watermark and every listing event its state, so nothing doubles
+                self._inflight = 0  # before _mark_down: the spill may move them to the spool now
+                self.rounds_resent += 1
+                for it in batch:
+                    if type(it) is _Part:
+                        it.unsure = True
                 self._mark_down(exc)
                 await asyncio.sleep(backoff.next_delay())
                 continue
@@ -547,174 +1192,105 @@ class Publisher:
                 self._inflight = 0
             backoff.reset()
             self._mark_up()
-            retry = self._handle_replies(batch, self._unwrap_replies(batch, units, replies))
+            retry = self._handle_replies(batch, replies)
             for _ in range(n):
                 buffer.popleft()
             if retry:
-                # the server said "not now" (LOADING, OOM, READONLY...): keep those at the head
+                # the server said "not now" (LOADING, OOM, READONLY, NOSCRIPT...): keep those at the head
                 buffer.extendleft(reversed(retry))
+            self.buffered_events -= n_events - sum(it.n_events for it in retry)
+            if self.buffered_events < self.buffer_limit:
+                self._room.set()
+            if self._ack_due:
+                self._send_acks()
+            if retry:
                 self.redis_errors += 1
                 await asyncio.sleep(backoff.next_delay())
 
-    # ---- atomic write units ----
-    def _marker(self, unit: int) -> bytes:
-        return hiredis.pack_command(("SET", self.marker_key, f"{self.incarnation}:{unit}"))
-
-    def _pack_round(self, batch: list[tuple]) -> tuple[bytes, int, list[tuple[int, int]]]:
-        """One round's bytes: runs of plain XADDs wrapped in MULTI ... SET marker ... EXEC, and each
-        listing transaction with the marker SET put before its EXEC. Returns (data, replies,
-        units) with units = [(unit id, items in it)] in order."""
-        parts: list[bytes] = []
-        units: list[tuple[int, int]] = []
-        n_replies = 0
-        i, n = 0, len(batch)
-        while i < n:
-            self._next_unit += 1
-            uid = self._next_unit
-            if batch[i][_XI] is None:
-                j = i
-                while j < n and batch[j][_XI] is None:
-                    j += 1
-                parts.append(_MULTI)
-                parts.extend([it[_PACKED] for it in batch[i:j]])
-                parts.append(self._marker(uid))
-                parts.append(_EXEC)
-                n_replies += (j - i) + 3
-                units.append((uid, j - i))
-                i = j
-            else:
-                packed = batch[i][_PACKED]
-                parts.append(packed[:-len(_EXEC)])  # listing transactions end with EXEC
-                parts.append(self._marker(uid))
-                parts.append(_EXEC)
-                n_replies += batch[i][_NREPLIES] + 1
-                units.append((uid, 1))
-                i += 1
-        return b"".join(parts), n_replies, units
-
-    def _unwrap_replies(self, batch: list[tuple], units: list[tuple[int, int]], replies: list[Any]) -> list[Any]:
-        """The round's replies in the shape ``_handle_replies`` reads (one reply per plain XADD,
-        the listing transactions' own replies), from the wrapped units' replies."""
-        out: list[Any] = []
-        pos = 0
-        i = 0
-        for _uid, count in units:
-            if batch[i][_XI] is None:
-                rs = replies[pos:pos + count + 3]  # MULTI, QUEUED x count, QUEUED (marker), EXEC
-                pos += count + 3
-                exec_reply = rs[-1]
-                if isinstance(exec_reply, list) and len(exec_reply) == count + 1:
-                    out.extend(exec_reply[:count])
-                elif isinstance(rs[0], hiredis.ReplyError):
-                    # MULTI itself refused (e.g. an ACL without it): the commands ran one by one
-                    out.extend(rs[1:1 + count])
-                else:
-                    # the transaction did not run (EXECABORT, LOADING ...): an item whose own
-                    # queueing failed for good is dropped, every other one is written again
-                    for k in range(count):
-                        queued = rs[1 + k]
-                        bad = isinstance(queued, hiredis.ReplyError) and not is_transient_error(queued)
-                        out.append(queued if bad else _RETRY_REPLY)
-                i += count
-            else:
-                k = batch[i][_NREPLIES]
-                rs = replies[pos:pos + k + 1]
-                pos += k + 1
-                # drop the marker's QUEUED and its SET result, so the transaction reads as built
-                exec_reply = rs[-1]
-                if isinstance(exec_reply, list) and exec_reply:
-                    exec_reply = exec_reply[:-1]
-                out.extend(rs[:k - 1])
-                out.append(exec_reply)
-                i += 1
-        return out
-
-    async def _resolve_unknown_round(self) -> None:
-        """After a round whose replies were lost: read the marker; drop the items of the units it
-        says were applied (they are in Redis), keep the rest at the head to be written again."""
-        units = self._unresolved
-        assert units is not None
-        reply = (await self.data_conn.execute_packed(hiredis.pack_command(("GET", self.marker_key)), 1))[0]
-        applied_upto = 0
-        if isinstance(reply, bytes):
-            inc, _, unit = reply.decode("ascii", "replace").partition(":")
-            if inc == self.incarnation and unit.isdigit():
-                applied_upto = int(unit)
-        applied = 0
-        for uid, count in units:
-            if uid > applied_upto:
-                break
-            for _ in range(count):
-                item = self.buffer.popleft()
-                if item[_XI] is None:
-                    item[_STATS].pushed += 1
-                elif item[_XI] >= 0:
-                    item[_STATS].pushed += 1
-                    self.listings_emitted += 1
-                    ev = item[_EV]
-                    if ev is not None:
-                        self.listings_by_event[ev] = self.listings_by_event.get(ev, 0) + 1
-                applied += count
-        if applied:
-            self.rounds_resolved_applied += 1
-            log.info("a write round interrupted by a lost connection had been applied (%d events); "
-                     "not written again", applied)
-        else:
-            self.rounds_resolved_resent += 1
-        self._unresolved = None
-        self._mark_up()
-
     async def _sleep_or_work(self, delay: float) -> None:
-        """Sleep ``delay`` but wake early when events arrive (they are retried at once)."""
-        await _wait_event(self._work, delay)
+        """Sleep ``delay`` but wake early when items reach the buffer (they are retried at once).
+        Not for batches that went to the spool: the retry would come at once, every batch."""
+        deadline = time.monotonic() + delay
+        while not self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._work.clear()
+            await _wait_event(self._work, left)
 
-    def _handle_replies(self, batch: list[tuple], replies: list[Any]) -> list[tuple]:
-        """Account for one batch's replies; return the items to retry (transient server errors)."""
+    def _handle_replies(self, batch: list[_Item], replies: list[Any]) -> list[_Item]:
+        """Account for one round's replies; return the items to retry (transient server errors)."""
         now_ns = time.monotonic_ns()
         hist = self.latency
         bounds, counts = hist.bounds, hist.counts
         lat_sum = 0.0
         acked = 0
-        retry: list[tuple] = []
+        dups = 0
+        retry: list[_Item] = []
         pos = 0
         for item in batch:
-            stat = item[_STATS]
-            if item[_XI] is None:
+            if type(item) is _Part:
                 r = replies[pos]
                 pos += 1
-                if type(r) is bytes:
-                    stat.pushed += 1
-                    lat = (now_ns - item[_RX]) * 1e-9
-                    if lat < 0.0:  # an rx_ns from the future (a bad sender): not a negative latency
-                        lat = 0.0
-                    counts[bisect_left(bounds, lat)] += 1
-                    lat_sum += lat
-                    acked += 1
-                elif is_transient_error(r):
+                if type(r) is list and r:
+                    if r[0] == 0:  # applied before (a re-send): nothing written now
+                        self.parts_already_applied += 1
+                        if item.unsure:  # by this publisher, in the round whose replies were lost
+                            for st in item.stats:
+                                st.pushed += 1
+                    else:
+                        for k, st in enumerate(item.stats):
+                            x = r[k + 1] if k + 1 < len(r) else None
+                            if type(x) is bytes:
+                                st.pushed += 1
+                                lat = (now_ns - item.rx[k]) * 1e-9
+                                if lat < 0.0:  # an rx_ns from the future (a bad sender): not negative
+                                    lat = 0.0
+                                counts[bisect_left(bounds, lat)] += 1
+                                lat_sum += lat
+                                acked += 1
+                            elif x == 0:
+                                st.deduped += 1
+                                dups += 1
+                            else:
+                                self._command_error(st, x)
+                elif isinstance(r, hiredis.ReplyError) and (is_transient_error(r) or str(r).startswith("NOSCRIPT")):
+                    if str(r).startswith("NOSCRIPT"):
+                        self._reload_scripts = True
                     retry.append(item)
-                else:
-                    self._command_error(stat, r)
+                    continue
+                else:  # the script failed for good: its events are lost, counted
+                    for st in item.stats:
+                        self._command_error(st, r)
+                if item.batch is not None and item.producer is not None:
+                    self._part_done(item.batch, item.producer)
+                elif item.ordinal is not None:
+                    self._replay_settled(item.ordinal)
             else:
-                n = item[_NREPLIES]
+                n = item.n_replies
                 rs = replies[pos:pos + n]
                 pos += n
                 outcome = self._txn_outcome(item, rs)
                 if outcome == "retry":
                     retry.append(item)
                 elif outcome == "pushed":
-                    stat.pushed += 1
+                    item.stat.pushed += 1
                     self.listings_emitted += 1
-                    ev = item[_EV]
+                    ev = item.ev
                     if ev is not None:
                         self.listings_by_event[ev] = self.listings_by_event.get(ev, 0) + 1
-                    lat = (now_ns - item[_RX]) * 1e-9
+                    lat = (now_ns - item.rx) * 1e-9
                     counts[bisect_left(bounds, lat)] += 1
                     lat_sum += lat
                     acked += 1
+                elif outcome == "duplicate":
+                    item.stat.deduped += 1
+                    dups += 1
         if acked:
             hist.sum += lat_sum
             hist.count += acked
             self.last_push_at = now_ms()
+        self.redis_duplicates += dups
         return retry
 
     def _command_error(self, stat: StreamStats, reply: Any) -> None:
@@ -722,9 +1298,10 @@ class Publisher:
         if self._logl.ok(f"cmd-{stat.exchange}-{stat.cls}"):
             log.error("Redis rejected a %s|%s event (dropped): %s", stat.exchange, stat.cls, reply)
 
-    def _txn_outcome(self, item: tuple, rs: list[Any]) -> str:
-        """'pushed' (event written), 'state' (state only / event deduped), 'retry' or 'failed'."""
-        stat = item[_STATS]
+    def _txn_outcome(self, item: _Txn, rs: list[Any]) -> str:
+        """'pushed' (event written), 'duplicate' (Redis held the state already), 'state' (state
+        only), 'retry' or 'failed'."""
+        stat = item.stat
         exec_reply = rs[-1] if rs else None
         if not isinstance(exec_reply, list):
             if any(is_transient_error(r) for r in rs):
@@ -734,7 +1311,7 @@ class Publisher:
                       stat.exchange, exec_reply)
             self.tracker.invalidate(stat.exchange)
             return "failed"
-        xi = item[_XI]
+        xi = item.xi
         outcome = "state"
         for i, r in enumerate(exec_reply):
             if isinstance(r, Exception):
@@ -743,7 +1320,7 @@ class Publisher:
                 if i != xi:
                     self.tracker.invalidate(stat.exchange)
             elif i == xi:
-                outcome = "pushed"
+                outcome = "pushed" if type(r) is bytes else "duplicate"
         return outcome
 
     # ------------------------------------------------------------------ listings
@@ -775,7 +1352,7 @@ class Publisher:
         """One MULTI/EXEC: the event (unless a duplicate) and its state change, in the listing FIFO."""
         stat = self._stat(upd.exchange, LISTING_CLASS)
         cmds: list[tuple] = [("MULTI",)]
-        xi = -1
+        xi: int | None = None
         cls = LISTING_CLASS
         ev_name: str | None = None
         if upd.event is not None:
@@ -786,7 +1363,12 @@ class Publisher:
             if dkey is not None and self.dedup.seen(dkey, time.monotonic()):
                 stat.deduped += 1
             else:
-                cmds.append(("XADD", stream, "MAXLEN", "~", self.maxlen.get(cls, self.maxlen_default), "*", *fields))
+                # XADDed only when Redis does not hold this status already (another node, or this
+                # one before a restart, wrote the same transition): safe to resend, one per HA pair
+                f = fields_to_dict(fields)
+                cmds.append(scripts.pack_listing_event(
+                    stream, pairs_key(upd.exchange), state_field(f.get("market", upd.market), f.get("native_symbol", "")),
+                    f.get("status", ""), self.maxlen.get(cls, self.maxlen_default), fields))
                 xi = 0
                 ev_name = upd.event_name
         cmds.extend(state_commands(upd))
@@ -795,7 +1377,7 @@ class Publisher:
         cmds.append(("EXEC",))
         packed = b"".join([hiredis.pack_command(c) for c in cmds])
         # not subject to the buffer bound: the in-memory state already counts it as written
-        self._admit((packed, len(cmds), stat, time.monotonic_ns(), xi, ev_name), cls)
+        self._admit(_Txn(packed, len(cmds), stat, time.monotonic_ns(), xi, ev_name), cls)
 
     # ------------------------------------------------------------------ heartbeat
     def heartbeat_stats(self) -> dict[str, Any]:
@@ -838,6 +1420,7 @@ class Publisher:
             "buffered": self.buffered(),
             "buffer_limit": self.buffer_limit,
             "listings_emitted": self.listings_emitted,
+            "spool": self.spool_stats(),
         }
 
     async def write_heartbeat(self, status: str) -> bool:
@@ -889,6 +1472,39 @@ class Publisher:
             granted = min(sup.stop_timeout, 0.4 * sup.shutdown_timeout)
         return max(0.5, granted - 1.0)
 
+    async def _spool_at_shutdown(self) -> int:
+        """After the flush deadline: append the worker parts still in memory (Redis down or
+        slow) to the spool, in order, then close it (written and fsynced). The next start replays
+        them before any new event; a worker that outlives us sends them again too, and those
+        copies are skipped by the watermark. Returns the events spooled.
+
+        Not spilling, the spool is empty, so order is kept; spilling, memory holds no worker
+        part that is not in the spool already (replayed ones, re-read at the next start)."""
+        spool = self.spool
+        if spool is None:
+            return 0
+        while self._spool_reading:  # a replay read still running in its thread
+            await asyncio.sleep(0.005)
+        spooled = 0
+        keep: list[_Item] = []
+        for item in self.buffer:
+            if type(item) is _Part and item.ordinal is None:
+                self._spill_part(item)
+                if self._spooled and self._spooled[-1][1] is item:
+                    spooled += item.n_events
+                    self.buffered_events -= item.n_events
+                else:
+                    keep.append(item)  # refused: lost, counted (and reported below)
+            else:
+                keep.append(item)
+        self.buffer.clear()
+        self.buffer.extend(keep)
+        try:
+            await asyncio.to_thread(spool.close)
+        except OSError as exc:  # close never raises by design; belt and braces
+            log.error("disk spool close failed: %s", exc)
+        return spooled
+
     async def _shutdown(self, tasks: dict[str, asyncio.Task]) -> int:
         t0 = time.monotonic()
         total = self._stop_budget()
@@ -923,6 +1539,11 @@ class Publisher:
                     self._enqueue_update(upd)
             except (asyncio.TimeoutError, RedisUnavailable):
                 pass
+        replay = tasks.get("spool_replay")
+        if replay is not None:
+            # what is still in the spool stays there for the next start; only the buffer is flushed
+            replay.cancel()
+            await asyncio.gather(replay, return_exceptions=True)
         self._release_gates()
         writer = tasks["writer"]
         log.info("flushing %d buffered events to Redis (deadline %.1fs)", self.buffered(),
@@ -933,11 +1554,18 @@ class Publisher:
             t.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         self._release_gates()
-        lost = sum(_item_events(it) for it in self.buffer)
+        spooled = await self._spool_at_shutdown()
+        # replayed parts are still in the spool (re-read at the next start: the cursor)
+        lost = sum(it.n_events for it in self.buffer if type(it) is not _Part or it.ordinal is None)
         rc = EXIT_OK
         if lost:
-            log.error("shutdown: %d events could not be written to Redis and are lost", lost)
+            # not acknowledged: workers still connected to the next publisher send them again;
+            # for a worker that stopped too they are lost
+            log.error("shutdown: %d events could not be written to Redis (never acknowledged)", lost)
             rc = EXIT_CRASH
+        elif spooled or (self.spool is not None and self.spool.pending()):
+            log.info("shutdown: %d events spooled now; the disk spool holds %d records for the next "
+                     "start", spooled, self.spool.pending() if self.spool is not None else 0)
         else:
             log.info("shutdown: every accepted event is in Redis")
         remaining = deadline - time.monotonic()

@@ -160,9 +160,13 @@ class RedisConnection:
     Calls are serialized by a lock, so concurrent users never interleave replies.
     """
 
-    def __init__(self, settings: RedisSettings, *, name: str = "redis") -> None:
+    def __init__(self, settings: RedisSettings, *, name: str = "redis",
+                 init_commands: list[tuple] | None = None) -> None:
         self.endpoint = RedisEndpoint(settings)
         self.name = name
+        #: run after the handshake on every (re)connection (e.g. SCRIPT LOAD); an error reply fails
+        #: the connect like a failed AUTH would
+        self.init_commands: list[tuple] = list(init_commands or [])
         self._proto: _RespProtocol | None = None
         self._lock = asyncio.Lock()
         #: connections opened (the first included)
@@ -214,6 +218,7 @@ class RedisConnection:
         if ep.db:
             handshake.append(("SELECT", str(ep.db)))
         handshake.append(("PING",))  # proves auth worked and the dataset is loaded (else LOADING)
+        handshake.extend(self.init_commands)
         data = b"".join(hiredis.pack_command(c) for c in handshake)
         try:
             replies = await self._roundtrip(data, len(handshake), ep.connect_timeout)

@@ -16,7 +16,10 @@ Policies (numbers in ``settings.supervisor``):
 - ``over_limit_samples`` consecutive RSS/FD samples over a limit -> RECYCLING: graceful stop,
   SIGKILL after ``stop_timeout``, replaced at once; counted as a recycle, not a crash;
 - readiness (STARTING -> RUNNING) needs the child's ``ready`` message; no beat for
-  ``beat_timeout`` s while RUNNING means a blocked event loop: SIGKILL, counted as a crash.
+  ``beat_timeout`` s while RUNNING means a blocked event loop (the beat is sent from the child's
+  loop, judged here with monotonic time): the child is asked for a faulthandler stack dump into
+  its log (the signal its ``ready`` named), SIGKILLed ``hung_dump_grace`` s later, and counted as
+  a crash and in ``hung_kills``; ``last_dump`` in its status says where the dump is.
 
 Signal handlers only set flags; all work happens in the loop.
 """
@@ -98,7 +101,8 @@ PUBLISHER_HEAD_START_S = 5.0
 WORKER_COUNTERS = ("events_out", "drops", "parse_errors", "rejected", "ws_reconnects", "ws_stale",
                    "rest_calls", "rest_errors", "push_updates")
 PUBLISHER_COUNTERS = ("redis_errors", "frame_errors", "listings_emitted", "listing_snapshots_truncated",
-                      "listing_snapshots_empty")
+                      "listing_snapshots_empty", "spool_dropped_events", "spool_corrupt_records",
+                      "spool_write_errors")
 STREAM_COUNTERS = ("in", "pushed", "deduped", "dropped", "rate_limited")
 
 
@@ -117,6 +121,8 @@ class ProcessLike(Protocol):
     def terminate(self) -> None: ...
 
     def kill(self) -> None: ...
+
+    def send_signal(self, sig: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -159,6 +165,11 @@ class Child:
     rss: int | None = None                 # bytes, latest sample
     fds: int | None = None                 # latest sample
     stop_deadline: float | None = None     # monotonic; SIGKILL after it while STOPPING/RECYCLING
+    kill_at: float | None = None           # monotonic; SIGKILL then (a hung child, after its dump)
+    dump_signal: int | None = None         # the child's stack-dump signal, from its `ready`
+    dump_file: str | None = None           # where that dump is written (its log, or "stderr")
+    hung_kills: int = 0                    # killed as hung over the collector's life
+    last_dump: dict | None = None          # the last dump requested: file, pid, signal, wall time
     restart_after_stop: bool = False       # a `restart`/`start` waits for the stop to finish
     kill_reason: str | None = None         # set when we SIGKILLed it (so the exit is explained)
     carried: dict = field(default_factory=dict)  # counters of earlier incarnations (metrics)
@@ -261,6 +272,18 @@ def describe_exit(code: int, kill_reason: str | None = None) -> str:
 
 _SPAWN = multiprocessing.get_context("spawn")
 
+#: signals a child may name for its stack dump (anything else in a `ready` is ignored)
+DUMP_SIGNALS = frozenset({int(signal.SIGUSR1), int(signal.SIGUSR2)})
+
+
+class ChildProcess(_SPAWN.Process):  # type: ignore[name-defined,misc]
+    """A spawned child that can also be sent an arbitrary signal (the stack-dump request)."""
+
+    def send_signal(self, sig: int) -> None:
+        # exitcode polls waitpid: a reaped pid may already belong to someone else
+        if self.pid is not None and self.exitcode is None:
+            os.kill(self.pid, sig)
+
 
 def _child_entry(kind: str, name: str, settings: Settings, status_sock: socket.socket) -> None:
     """Top-level target of every real child (spawn pickles it by reference)."""
@@ -288,8 +311,8 @@ def spawn_process(child: Child) -> tuple[ProcessLike, socket.socket]:
     """
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        proc = _SPAWN.Process(target=child.target, args=(*child.args, child_end),
-                              name=child.name, daemon=True)
+        proc = ChildProcess(target=child.target, args=(*child.args, child_end),
+                            name=child.name, daemon=True)
         proc.start()
     except BaseException:
         parent_end.close()
@@ -391,6 +414,8 @@ class Supervisor:
         child.stop_deadline = None
         child.restart_after_stop = False
         child.kill_reason = None
+        child.kill_at = None
+        child.dump_signal = child.dump_file = None
         child.next_start_at = None
         child.ps = None
         try:
@@ -487,17 +512,47 @@ class Supervisor:
             self.change_state(child, S.BACKOFF, f"{child.last_error}; restart in {delay:.1f}s")
 
     def _enforce_deadlines(self, child: Child, now: float) -> None:
-        if child.process is None or child.kill_reason is not None:
+        if child.process is None:
+            return
+        if child.kill_at is not None:  # a hung child had its dump grace; whatever its state now
+            if now >= child.kill_at:
+                child.kill_at = None
+                self._kill(child, child.kill_reason or "hung")
+            return
+        if child.kill_reason is not None:
             return
         if child.state is S.STARTING and child.started_at is not None \
                 and now - child.started_at > self.cfg.ready_timeout:
             self._kill(child, f"not ready within {self.cfg.ready_timeout:g}s")
         elif child.state is S.RUNNING and child.last_beat is not None \
                 and now - child.last_beat > self.cfg.beat_timeout:
-            self._kill(child, f"hung: no heartbeat for {now - child.last_beat:.0f}s")
+            self._hung(child, now, f"hung: no heartbeat for {now - child.last_beat:.0f}s")
         elif child.state in (S.STOPPING, S.RECYCLING) and child.stop_deadline is not None \
                 and now >= child.stop_deadline:
             self._kill(child, "did not stop in time")
+
+    def _hung(self, child: Child, now: float, reason: str) -> None:
+        """A blocked event loop: ask for a stack dump, SIGKILL after the grace (at once without
+        a dump signal or with a zero grace). The kill counts as a crash (-> BACKOFF on exit)."""
+        child.hung_kills += 1
+        grace = self.cfg.hung_dump_grace
+        sig = child.dump_signal
+        if sig is None or grace <= 0 or child.process is None:
+            self._kill(child, reason)
+            return
+        try:
+            child.process.send_signal(sig)
+        except (ProcessLookupError, OSError, AttributeError) as exc:
+            log.warning("%s: stack dump request failed: %s", child.name, exc)
+            self._kill(child, reason)
+            return
+        where = child.dump_file or "stderr"
+        child.last_dump = {"file": where, "pid": child.pid, "signal": signal.Signals(sig).name,
+                           "at": round(time.time(), 3), "reason": reason}
+        child.kill_reason = f"{reason}; stacks dumped to {os.path.basename(where)}"
+        child.kill_at = now + grace
+        log.error("%s: %s; stack dump requested (%s) into %s; SIGKILL to pid %s in %gs",
+                  child.name, reason, signal.Signals(sig).name, where, child.pid, grace)
 
     def _kill(self, child: Child, reason: str) -> None:
         log.error("%s: %s; sending SIGKILL to pid %s", child.name, reason, child.pid)
@@ -599,6 +654,11 @@ class Supervisor:
                 child.samples.append((now, events, drops))
         elif kind == "ready":
             child.last_beat = now
+            dumps = msg.get("dumps")
+            if isinstance(dumps, dict) and dumps.get("signal") in DUMP_SIGNALS \
+                    and isinstance(dumps.get("file"), str):
+                child.dump_signal = int(dumps["signal"])
+                child.dump_file = dumps["file"][:4096]
             if child.state is S.STARTING:
                 child.ready_at = now
                 self.change_state(child, S.RUNNING, "ready")  # STARTING -> RUNNING
@@ -798,6 +858,8 @@ class Supervisor:
             "restarts": len(child.restarts),
             "total_restarts": child.total_restarts,
             "recycles": child.recycles,
+            "hung_kills": child.hung_kills,
+            "last_dump": child.last_dump,
             "rss_bytes": child.rss,
             "fds": child.fds,
             "events_total": events,
@@ -837,6 +899,7 @@ class Supervisor:
         for k in ("redis_down_since", "redis_errors", "buffered", "buffer_limit", "last_push_at",
                   "listings_emitted", "frame_errors"):
             out[k] = _num_or_none(stats.get(k))
+        out["spool"] = stats.get("spool") if isinstance(stats.get("spool"), dict) else None
         totals = pub.totals() if pub is not None else {}
         out["listings_by_event"] = totals.get("listings_by_event") or {}
         out["listing_snapshots_ignored"] = {
@@ -852,10 +915,12 @@ class Supervisor:
         return {
             "children": {
                 name: {"kind": c.kind, "state": c.state.value, "total_restarts": c.total_restarts,
-                       "recycles": c.recycles, "rss_bytes": c.rss, "fds": c.fds, "totals": c.totals()}
+                       "recycles": c.recycles, "hung_kills": c.hung_kills, "rss_bytes": c.rss,
+                       "fds": c.fds, "totals": c.totals()}
                 for name, c in self.children.items()
             },
-            "publisher": {"redis": pstats.get("redis"), "buffered": pstats.get("buffered")},
+            "publisher": {"redis": pstats.get("redis"), "buffered": pstats.get("buffered"),
+                          "spool": pstats.get("spool") if isinstance(pstats.get("spool"), dict) else None},
         }
 
     # ------------------------------------------------------------ lifecycle

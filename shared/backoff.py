@@ -18,7 +18,9 @@ class Backoff:
 
     def base_delay(self) -> float:
         """The un-jittered delay for the next attempt."""
-        return min(self.maximum, self.initial * (self.factor ** self.attempts))
+        # the exponent is capped: factor ** attempts overflows a float after ~1000 attempts (an
+        # outage of an hour or two at a few seconds each), long after the delay hit the maximum
+        return min(self.maximum, self.initial * (self.factor ** min(self.attempts, 64)))
 
     def next_delay(self) -> float:
         base = self.base_delay()

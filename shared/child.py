@@ -6,12 +6,19 @@ Used by the publisher and by every exchange worker, so both behave the same way:
 - a second SIGTERM exits at once;
 - the child exits when its parent dies (status link EOF, or ``getppid()`` changed);
 - a ``beat`` with the child's stats is sent every second *from the event loop*, so a beat proves
-  the loop runs (a blocked loop stops beating and the parent can tell).
+  the loop runs (a blocked loop stops beating and the parent can tell);
+- :func:`enable_stack_dumps` points ``faulthandler`` at the process's log file: fatal signals
+  (SIGSEGV, SIGABRT...) and :data:`DUMP_SIGNAL` write every thread's stack there from the C signal
+  handler, so a dump works while Python code is stuck. The ``ready`` message tells the parent
+  where dumps go, and the parent sends :data:`DUMP_SIGNAL` to a hung child before killing it.
+  A dump holds code locations only (file, line, function), never variable values: no secrets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -24,6 +31,43 @@ from shared import ipc
 log = logging.getLogger(__name__)
 
 StatsFn = Callable[[], dict[str, Any]]
+
+#: the parent sends this to a hung child: faulthandler dumps every thread's stack into the log.
+#: Nothing else in the project uses SIGUSR1 (SIGTERM = graceful stop, SIGINT = ignored).
+DUMP_SIGNAL = signal.SIGUSR1
+
+# this process's dump target: (path or "stderr", our own fd or None); None until enabled
+_dump_target: tuple[str, int | None] | None = None
+
+
+def enable_stack_dumps(path: str | os.PathLike[str] | None) -> str:
+    """Send faulthandler's dumps (fatal signals, and :data:`DUMP_SIGNAL`) to ``path``; returns
+    where they go: the path, or ``"stderr"`` when ``path`` is None or cannot be opened.
+
+    The file is opened with its own O_APPEND descriptor (the C handler writes with ``write(2)``
+    and must not share a buffered stream that log rotation closes; appends from both writers
+    land whole at the end). Call it again after the log file was rotated: it re-points the
+    handlers at the new file before closing the old descriptor, so no dump is lost in between.
+    """
+    global _dump_target
+    fd: int | None = None
+    if path is not None:
+        # no logging here: this also runs inside a log handler's rollover
+        with contextlib.suppress(OSError):
+            fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    target = fd if fd is not None else 2
+    faulthandler.enable(file=target, all_threads=True)
+    faulthandler.register(DUMP_SIGNAL, file=target, all_threads=True, chain=False)
+    where = os.fspath(path) if path is not None and fd is not None else "stderr"
+    old, _dump_target = _dump_target, (where, fd)
+    if old is not None and old[1] is not None:
+        os.close(old[1])
+    return _dump_target[0]
+
+
+def stack_dumps_target() -> str | None:
+    """Where this process's stack dumps go (a path or ``"stderr"``); None if not set up here."""
+    return _dump_target[0] if _dump_target is not None else None
 
 
 class StatusLink:
@@ -59,8 +103,15 @@ class StatusLink:
             ipc.write_frame(self._writer, msg)
 
     def ready(self) -> None:
-        """The readiness signal: the parent moves this child STARTING -> RUNNING."""
-        self.send({"t": "ready", "pid": os.getpid()})
+        """The readiness signal: the parent moves this child STARTING -> RUNNING.
+
+        ``dumps`` (when faulthandler is set up) tells the parent it may ask for a stack dump with
+        that signal before killing this process as hung, and where the dump is written."""
+        msg: dict[str, Any] = {"t": "ready", "pid": os.getpid()}
+        target = stack_dumps_target()
+        if target is not None:
+            msg["dumps"] = {"signal": int(DUMP_SIGNAL), "file": target}
+        self.send(msg)
 
     def request_stop(self) -> None:
         self.stop_requested.set()

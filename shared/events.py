@@ -10,6 +10,10 @@ Every event crosses the worker -> publisher channel as a *wire event*, a 5-eleme
 - fields: flat field/value strings, exactly what lands in the stream entry;
 - ``rx_ns``: ``time.monotonic_ns()`` when the frame carrying it was received (CLOCK_MONOTONIC is
   machine-wide, so the publisher can measure receipt -> XADD-acknowledged latency). Not stored.
+- optional 6th element ``mono_id``: the event's natural id when it only grows within its stream
+  (a decimal string or int: trade id, book sequence). The publisher writes the event only when it
+  is above the stream's high-watermark in Redis, atomically with the XADD, so two HA nodes put it
+  in the stream once (collector/redis_scripts.py). Events without one keep the dedup-key window.
 
 Stream keys:
 - ``events:raw`` - listing lifecycle events (Node A raw-event format plus extra fields);
@@ -42,7 +46,16 @@ EV_LISTING = "listing"
 EV_STATUS_CHANGE = "status_change"
 EV_DELISTING = "delisting"
 
-WireEvent = list  # [stream, dedup, class, fields, rx_ns]
+WireEvent = list  # [stream, dedup, class, fields, rx_ns] or [..., rx_ns, mono_id]
+
+#: exchanges whose trade ids only grow within a symbol (Binance trade/aggTrade ids, OKX tradeId,
+#: the simulator's Binance): their trades carry the id as ``mono_id``. Bybit's are UUIDs, Deribit's
+#: are "ETH-123" strings; those keep the keyed in-memory dedup only
+MONO_TRADE_ID_EXCHANGES = frozenset({"binance", "okx"})
+
+#: trade tape stream types -> dedup-key prefix. ``agg_trade``: Binance spot ``@aggTrade``, published
+#: beside the ``@trade`` tape; its ids are aggregate ids, not trade ids, so its keys are its own
+TRADE_STREAM_TYPES: dict[str, str] = {"trade": "t", "agg_trade": "at"}
 
 
 def now_ms() -> int:
@@ -68,18 +81,26 @@ class Trade:
     side: str
     ts_exchange: int     # ms, exchange's trade time
     ts_receive: int      # ms, when the collector received the frame
+    #: "" = the live WebSocket stream; "rest" = filled in from the exchange's REST trade history
+    #: after a reconnect (the field is only written when set, so live trades keep their shape)
+    source: str = ""
+    #: the tape it belongs to (a key of TRADE_STREAM_TYPES): its stream type, ``type`` field, stream
+    #: class and dedup prefix. ``agg_trade``: ``trade_id`` is the aggregate id
+    stream_type: str = "trade"
 
     TYPE = "trade"
 
     def stream_key(self) -> str:
-        return md_stream_key(self.TYPE, self.exchange, self.market, self.symbol)
+        return md_stream_key(self.stream_type, self.exchange, self.market, self.symbol)
 
     def dedup_key(self) -> str:
-        return f"t:{self.exchange}:{self.market}:{self.native_symbol}:{self.trade_id}"
+        # KeyError for a stream type that is not a trade tape (a programming error)
+        prefix = TRADE_STREAM_TYPES[self.stream_type]
+        return f"{prefix}:{self.exchange}:{self.market}:{self.native_symbol}:{self.trade_id}"
 
     def fields(self) -> list[str]:
         return [
-            "type", self.TYPE,
+            "type", self.stream_type,
             "exchange", self.exchange,
             "market", self.market,
             "symbol", self.symbol,
@@ -90,10 +111,17 @@ class Trade:
             "side", self.side,
             "ts_exchange", str(self.ts_exchange),
             "ts_receive", str(self.ts_receive),
-        ]
+        ] + (["source", self.source] if self.source else [])
 
     def to_wire(self, rx_ns: int) -> WireEvent:
-        return [self.stream_key(), self.dedup_key(), self.TYPE, self.fields(), rx_ns]
+        wire = [self.stream_key(), self.dedup_key(), self.stream_type, self.fields(), rx_ns]
+        # trades of exchanges whose ids grow per symbol (Binance aggregate ids too) carry the id as
+        # the natural monotonic id (cross-node dedup by the stream's high-watermark). REST-filled
+        # ones too: the gap filler holds a symbol's live trades back until its fill is out, so fills
+        # are in id order (a late fill that cannot be, workers/gapfill.py, strips the id again)
+        if self.exchange in MONO_TRADE_ID_EXCHANGES and self.trade_id.isdigit():
+            wire.append(self.trade_id)
+        return wire
 
 
 @dataclass(slots=True)

@@ -9,10 +9,15 @@ shared multiprocessing.Queue, whose single write lock a killed writer can hold f
 Message types (``"t"``):
 
 worker -> publisher (data channel, ``Settings.publisher_socket``):
-  ``hello``        {"t":"hello","exchange":str,"pid":int}
-  ``events``       {"t":"events","exchange":str,"seq":int,"events":[WireEvent, ...]}
+  ``hello``        {"t":"hello","exchange":str,"pid":int,"producer":str}  producer = this worker
+                   process's id ("{exchange}.{pid}-{random}"), the key of its batch watermark
+  ``events``       {"t":"events","exchange":str,"seq":int,"events":[WireEvent, ...]}  seq grows per
+                   producer (gaps = batches the worker dropped); at most 65535 events
   ``instruments``  {"t":"instruments","exchange":str,"market":str,"full":bool,"source":str,
                     "detected_at":ms,"instruments":{native_symbol: InstrumentInfo}}
+publisher -> worker (data channel):
+  ``ack``          {"t":"ack","seq":int}  cumulative: every batch of this producer up to seq is in
+                   Redis; the worker keeps (and after a reconnect re-sends) batches above it
 child -> parent (status link):
   ``ready``        {"t":"ready","pid":int}
   ``beat``         {"t":"beat","stats":{...}}   sent every second from the child's event loop

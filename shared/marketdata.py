@@ -13,6 +13,8 @@ e.g. during a rotation overlap or on two HA nodes, have in common):
 type                dedup key (after ``{prefix}:{exchange}:{market}:{native}``)
 ==================  =================================================================
 trade               trade id
+agg_trade           aggregate id (Binance spot ``@aggTrade``; prefix ``at``)
+trade_gap           from/to id + from/to time (in the trade stream)
 book                book sequence (top-N snapshot taken after that update)
 book_delta          sequence of the update
 book_gap            last good sequence + reason + exchange time
@@ -42,11 +44,16 @@ import orjson
 from shared.events import Trade, WireEvent, md_stream_key
 
 __all__ = [
-    "Trade", "BookTop", "BookDelta", "BookGap", "Bbo", "Ticker", "Kline", "Funding", "OpenInterest",
+    "Trade", "TradeGap", "BookTop", "BookDelta", "BookGap", "Bbo", "Ticker", "Kline", "Funding", "OpenInterest",
     "Liquidation", "LongShortRatio", "VolatilityIndex", "BookMsg", "Level", "levels_json", "MD_TYPES",
 ]
 
 Level = tuple[str, str]  # (price, qty) as the exchange sent them
+
+#: exchanges whose book sequence only grows per symbol (Binance ``u``, Deribit ``change_id``):
+#: their ``book`` / ``book_delta`` events carry it as ``mono_id`` (cross-node dedup by the stream's
+#: high-watermark). OKX and Bybit sequences can restart (service restarts), so not theirs.
+MONO_BOOK_SEQ_EXCHANGES = frozenset({"binance", "deribit"})
 
 
 def levels_json(levels: list[Level] | list[list[str]]) -> str:
@@ -92,9 +99,17 @@ class _MdEvent:
             "ts_receive", str(self.ts_receive),
         ]
 
+    def _mono_id(self) -> str | None:
+        """The natural id when it only grows within the stream (see shared.events), else None."""
+        return None
+
     def to_wire(self, rx_ns: int | None = None) -> WireEvent:
-        return [self.stream_key(), self.dedup_key(), self.TYPE, self.fields(),
+        wire = [self.stream_key(), self.dedup_key(), self.TYPE, self.fields(),
                 time.monotonic_ns() if rx_ns is None else rx_ns]
+        mono = self._mono_id()
+        if mono is not None:
+            wire.append(mono)
+        return wire
 
 
 @dataclass(slots=True)
@@ -111,6 +126,9 @@ class BookTop(_MdEvent):
 
     def _natural_id(self) -> str:
         return str(self.seq)
+
+    def _mono_id(self) -> str | None:
+        return str(self.seq) if self.seq > 0 and self.exchange in MONO_BOOK_SEQ_EXCHANGES else None
 
     def _body(self) -> list[str]:
         return ["seq", str(self.seq), "depth", str(self.depth),
@@ -133,6 +151,9 @@ class BookDelta(_MdEvent):
 
     def _natural_id(self) -> str:
         return str(self.seq)
+
+    def _mono_id(self) -> str | None:
+        return str(self.seq) if self.seq > 0 and self.exchange in MONO_BOOK_SEQ_EXCHANGES else None
 
     def _body(self) -> list[str]:
         return ["seq", str(self.seq), "prev_seq", str(self.prev_seq), "snapshot", "1" if self.snapshot else "0",
@@ -163,6 +184,44 @@ class BookGap(_MdEvent):
 
     def _body(self) -> list[str]:
         return ["reason", self.reason, "last_seq", str(self.last_seq), "got_seq", str(self.got_seq)]
+
+
+@dataclass(slots=True)
+class TradeGap(_MdEvent):
+    """Marker: trades of this symbol are missing between two bounds and could not be filled from
+    the exchange's REST history (too old, too many pages, endpoint error; Bybit serves only the
+    most recent trades). Published into the symbol's trade stream (``stream_type``: trade, or
+    agg_trade for Binance spot aggregates), in order with its trades.
+
+    Bounds are exclusive: the trades after ``from_id`` / ``from_ts`` (the last one we have) and
+    before ``to_id`` / ``to_ts`` (the first one we have again) may be missing. An id is "" where the
+    exchange's ids are not ordered (Bybit) or unknown; a time is 0 when unknown. ``reason``:
+    too_old | max_pages | error | not_covered | stopped."""
+
+    reason: str = "error"
+    from_id: str = ""
+    to_id: str = ""
+    from_ts: int = 0
+    to_ts: int = 0
+    stream_type: str = "trade"
+
+    TYPE: ClassVar[str] = "trade_gap"
+    PREFIX: ClassVar[str] = "tg"
+
+    def stream_key(self) -> str:
+        return md_stream_key(self.stream_type, self.exchange, self.market, self.symbol)
+
+    def dedup_key(self) -> str:
+        # aggregate ids are not trade ids: a marker of the agg_trade tape has keys of its own
+        prefix = self.PREFIX if self.stream_type == "trade" else f"{self.PREFIX}-{self.stream_type}"
+        return f"{prefix}:{self.exchange}:{self.market}:{self.native_symbol}:{self._natural_id()}"
+
+    def _natural_id(self) -> str:
+        return f"{self.from_id}:{self.to_id}:{self.from_ts}:{self.to_ts}"
+
+    def _body(self) -> list[str]:
+        return ["reason", self.reason, "from_id", self.from_id, "to_id", self.to_id,
+                "from_ts", str(self.from_ts), "to_ts", str(self.to_ts)]
 
 
 @dataclass(slots=True)
@@ -355,8 +414,8 @@ class VolatilityIndex(_MdEvent):
 
 
 #: every published market-data type name (kline and long_short streams add a suffix)
-MD_TYPES = ("trade", "book", "book_delta", "book_gap", "bbo", "ticker", "kline", "funding", "open_interest",
-            "liquidation", "long_short", "volatility_index")
+MD_TYPES = ("trade", "agg_trade", "trade_gap", "book", "book_delta", "book_gap", "bbo", "ticker", "kline", "funding",
+            "open_interest", "liquidation", "long_short", "volatility_index")
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator,
@@ -47,6 +47,11 @@ def _default_run_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"collector-{os.getuid()}"
 
 
+#: query parameters a Redis URL may carry (redis-py's names; read by collector.redis_writer)
+REDIS_URL_PARAMS: tuple[str, ...] = ("db", "ssl_ca_certs", "ssl_cert_reqs", "ssl_check_hostname", "ssl_certfile",
+                                     "ssl_keyfile")
+
+
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     #: overrides a password given in the URL
@@ -64,6 +69,14 @@ class RedisSettings(_Section):
             raise ValueError("must start with redis://, rediss:// or unix://")
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("has no host")
+        # a mistyped parameter would be ignored, and ssl_* on redis:// would quietly mean plaintext
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+            if key == "ssl_cert_reqs" and values[-1].lower() not in ("none", "optional", "required"):
+                raise ValueError("ssl_cert_reqs must be none, optional or required")
+            if key not in REDIS_URL_PARAMS:
+                raise ValueError(f"unknown URL parameter {key[:40]!r} (known: {', '.join(REDIS_URL_PARAMS)})")
+            if key.startswith("ssl_") and parts.scheme != "rediss":
+                raise ValueError(f"URL parameter {key!r} needs a rediss:// URL (TLS)")
         return v
 
     def resolved_password(self) -> str | None:
@@ -114,8 +127,9 @@ def redact_url(url: str) -> str:
 #: exchanges with market data only (no listings source)
 MARKET_DATA_ONLY: tuple[str, ...] = ("deribit",)
 #: market-data types a worker can collect (``channels``); each exchange supports a subset
+#: (``agg_trade``: Binance spot ``@aggTrade`` only)
 MD_CHANNELS: tuple[str, ...] = (
-    "trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short",
+    "trade", "agg_trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short",
     "volatility_index",
 )
 #: markets the market-data settings can select (``markets``)
@@ -187,7 +201,7 @@ class ExchangeSettings(_Section):
     #: market-data feeds, on every selected market, instead of the spot trade stream)
     market_data: bool = False
     #: data types to collect; None = every type the exchange supports (see MD_CHANNELS). The
-    #: ``trade`` channel also needs ``trades: true``
+    #: ``trade`` and ``agg_trade`` channels also need ``trades: true``
     channels: list[str] | None = None
     #: markets to collect (spot, perp); None = every market the exchange has market data for
     markets: list[str] | None = None
@@ -211,6 +225,19 @@ class ExchangeSettings(_Section):
     subscribe_timeout: float = Field(30.0, gt=0, le=3600)
     #: a subscription (with periodic data) silent this long is a failure, handled as above
     stream_stale_timeout: float = Field(60.0, gt=0, le=86400)
+    #: after a WebSocket reconnect, fetch the trades missed meanwhile from the exchange's REST
+    #: trade history (a ``trade_gap`` marker where it cannot)
+    trade_gap_fill: bool = True
+    #: REST pages fetched per gap at most (then a ``trade_gap`` marker covers the rest); 40 pages of
+    #: 1000 cover a 25 s outage of a symbol trading 1500/s
+    gap_fill_max_pages: int = Field(40, ge=1, le=1000)
+    #: while a symbol's gap is being filled (or, at worker start, while the resume point from Redis
+    #: is awaited) its live trades are held back so the tape stays in id order: at most this many
+    #: trades per symbol ...
+    gap_hold_max_trades: int = Field(20_000, ge=0, le=1_000_000)
+    #: ... and at most this many seconds; beyond either bound a ``trade_gap`` marker covers what is
+    #: not filled yet and the held trades go out (0 trades = never hold: fills follow live trades)
+    gap_hold_seconds: float = Field(10.0, gt=0, le=300)
 
     @field_validator("rest_url", "ws_url")
     @classmethod
@@ -264,9 +291,10 @@ class ExchangeSettings(_Section):
         return v
 
     def md_channels(self, supported: tuple[str, ...] | frozenset[str]) -> list[str]:
-        """The channels to collect on an exchange supporting ``supported`` (``trade`` needs trades)."""
+        """The channels to collect on an exchange supporting ``supported`` (the trade tapes, ``trade``
+        and ``agg_trade``, need trades)."""
         wanted = self.channels if self.channels is not None else list(MD_CHANNELS)
-        return [c for c in wanted if c in supported and (c != "trade" or self.trades)]
+        return [c for c in wanted if c in supported and (c not in ("trade", "agg_trade") or self.trades)]
 
 
 class BinanceSettings(ExchangeSettings):
@@ -304,6 +332,10 @@ class ChannelSettings(_Section):
     max_queued_batches: int = Field(2000, ge=1)
     #: how long the event loop may wait for room before dropping, seconds
     put_timeout: float = Field(0.05, ge=0, le=5)
+    #: batches written to the publisher but not yet acknowledged (in Redis) that a worker keeps
+    #: to send again after a publisher restart; at the bound it stops sending (backpressure)
+    max_unacked_batches: int = Field(1000, ge=1)
+    max_unacked_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
 
 
 #: MAXLEN per stream class: the high-rate types keep ~100k entries, snapshots-like types (one
@@ -311,7 +343,8 @@ class ChannelSettings(_Section):
 #: XADDed into the book AND book_delta streams, so they get the larger of the two (a marker must
 #: never trim a delta stream below its own MAXLEN).
 DEFAULT_MAXLEN: dict[str, int] = {
-    "default": 100_000, "listing": 100_000, "trade": 100_000, "book": 10_000, "book_delta": 100_000,
+    "default": 100_000, "listing": 100_000, "trade": 100_000, "agg_trade": 100_000, "trade_gap": 100_000,
+    "book": 10_000, "book_delta": 100_000,
     "book_gap": 100_000, "bbo": 100_000, "ticker": 10_000, "kline": 10_000, "funding": 10_000,
     "open_interest": 10_000, "liquidation": 10_000, "long_short": 10_000, "volatility_index": 10_000,
 }
@@ -334,6 +367,38 @@ class PublisherSettings(_Section):
     #: Redis reconnect backoff, seconds
     retry_initial: float = Field(0.1, gt=0)
     retry_max: float = Field(5.0, gt=0)
+    #: seconds a producer's batch watermark (``pub:wm:{node_id}:{producer}``) outlives its last
+    #: write: long enough for any re-send of its batches, short enough that dead producers go away
+    producer_ttl: int = Field(86400, ge=60)
+    #: seconds a stream's monotonic-id high-watermark (``pub:hwm:{stream}``) outlives its last write
+    hwm_ttl: int = Field(86400, ge=60)
+    #: HA pairs: deduplicate events WITHOUT a monotonic id (Bybit and Deribit trades, OKX and Bybit
+    #: book updates, tickers, klines, ...) in Redis too, by their natural key (``SET pub:dd:{key}
+    #: NX EX dedup_window`` in the apply script), so two nodes write each once. Costs Redis one
+    #: small key per such event for ``dedup_window`` seconds (~100 B x events/s x window)
+    cross_node_dedup: bool = False
+    # ---- disk spool (collector/spool.py): events beyond the in-memory buffer while Redis is down ----
+    spool_enabled: bool = True
+    #: None = <run_dir>/<node_id>.spool (Settings.spool_directory); put it on a persistent disk
+    #: in production (the default run dir may be a tmpfs, wiped at reboot)
+    spool_dir: Path | None = None
+    #: bound of the spool on disk; beyond it events are dropped and counted
+    spool_max_bytes: int = Field(1024 ** 3, ge=1024 ** 2)
+    #: segment file size (capped at spool_max_bytes); one record (a part of up to 1000 events)
+    #: must fit in a segment
+    spool_segment_bytes: int = Field(16 * 1024 ** 2, ge=64 * 1024, le=1024 ** 3)
+    #: always: fsync before a record counts as durable; interval: every spool_fsync_interval_ms;
+    #: never: left to the OS (survives a process crash, not a power loss)
+    spool_fsync: Literal["always", "interval", "never"] = "interval"
+    spool_fsync_interval_ms: int = Field(200, ge=1, le=60_000)
+
+    @field_validator("spool_segment_bytes")
+    @classmethod
+    def _check_segment(cls, v: int, info: ValidationInfo) -> int:
+        bound = info.data.get("spool_max_bytes")
+        if isinstance(bound, int) and v > bound:
+            raise ValueError(f"must not exceed spool_max_bytes ({bound})")
+        return v
 
     @field_validator("maxlen")
     @classmethod
@@ -365,6 +430,9 @@ class SupervisorSettings(_Section):
     shutdown_timeout: float = Field(30.0, gt=0)
     #: a child whose event loop has not beaten for this long is considered hung
     beat_timeout: float = Field(30.0, gt=0)
+    #: a hung child is asked for a faulthandler stack dump (into its log), then SIGKILLed this
+    #: many seconds later; 0 = SIGKILL at once, no dump
+    hung_dump_grace: float = Field(0.5, ge=0, le=10)
 
 
 class HttpSettings(_Section):
@@ -389,6 +457,12 @@ class TestingSettings(_Section):
     #: the worker of this exchange opens file descriptors forever
     fd_leak_exchange: str | None = None
     fd_leak_per_s: float = Field(0.0, ge=0)
+    #: the worker of this exchange blocks its event loop (time.sleep forever inside a task)
+    #: hang_after_s after it becomes ready, to exercise hung detection; with hang_once only its
+    #: first process does (a marker file in run_dir), so the replacement runs normally
+    hang_exchange: str | None = None
+    hang_after_s: float = Field(2.0, ge=0)
+    hang_once: bool = True
 
 
 class Settings(BaseSettings):
@@ -465,6 +539,10 @@ class Settings(BaseSettings):
     @property
     def lock_file(self) -> Path:
         return self.run_dir / f"{self.node_id}.lock"
+
+    @property
+    def spool_directory(self) -> Path:
+        return self.publisher.spool_dir or self.run_dir / f"{self.node_id}.spool"
 
     def log_file(self, name: str) -> Path:
         assert self.log_dir is not None

@@ -30,8 +30,12 @@ def canonical(base: str, quote: str) -> str | None:
     """``BASE-QUOTE`` from two asset codes, or None when either is not a safe asset code."""
     if not isinstance(base, str) or not isinstance(quote, str):
         return None
+    # ASCII before upper(): "bıt".upper() == "BIT" and "ſol".upper() == "SOL" would let a
+    # unicode look-alike pass for a real asset
+    if not base.isascii() or not quote.isascii():
+        return None
     b, q = base.upper(), quote.upper()
-    if ASSET_RE.fullmatch(b) and ASSET_RE.fullmatch(q) and b.isascii() and q.isascii():
+    if ASSET_RE.fullmatch(b) and ASSET_RE.fullmatch(q):
         return f"{b}-{q}"
     return None
 

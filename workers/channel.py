@@ -11,10 +11,26 @@ most ``put_timeout`` for room (asynchronously: the event loop never blocks on th
 is then dropped, every event in it counted in ``drops``. Batch ``seq`` numbers are assigned when
 a batch closes, so the publisher sees a gap where batches were dropped.
 
+Acknowledged delivery: an ``events`` frame written to the socket is kept (encoded, in
+``_unacked``) until the publisher's cumulative ``{"t":"ack","seq":N}`` says every batch up to N is
+in Redis. After a reconnect (the publisher restarted or was SIGKILLed) every unacknowledged batch
+is written again, in order, before any new one; the publisher's idempotent apply (a watermark per
+producer, collector/redis_scripts.py) makes the re-send harmless. The producer id in ``hello``
+(exchange + this process's start id) tells the publisher which watermark a batch belongs to; a
+new worker process is a new producer. The unacknowledged window is bounded
+(``max_unacked_batches`` / ``max_unacked_bytes``): at the bound the sender stops writing, the
+queue fills, and then backpressure and counted drops apply as above.
+
+Resume points (:meth:`PublisherChannel.request_resume`): a new worker process asks, once per
+process, where Redis stands for its trade streams: ``{"t":"resume?","streams":[...]}`` right after
+``hello``; the publisher answers ``{"t":"resume","hwm":{...},"last":{...}}`` (or ``"error"`` while
+Redis is unreachable: asked again every ``RESUME_RETRY`` s while connected, and on every reconnect
+until answered). The answer goes to the requester's callback; the asking never blocks anything.
+
 The publisher may be absent or restart: the sender reconnects with backoff (0.05 s .. 2 s) and
 batches accumulate meanwhile (bounded as above). :meth:`close` flushes the partial batch, writes
-everything queued, drains and half-closes, so a graceful stop loses nothing while the publisher
-is up.
+everything queued and waits (until its deadline) for the acks, so a graceful stop loses nothing
+while a publisher is up, even one that restarts meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from shared import ipc
 from shared.backoff import Backoff
@@ -37,6 +53,10 @@ log = logging.getLogger(__name__)
 
 #: frames written per drain() (bounds the socket buffer growth between drains)
 _FRAMES_PER_DRAIN = 64
+#: seconds between resume questions while the publisher answers "error" (Redis unreachable)
+RESUME_RETRY = 1.0
+#: trade streams in one resume question at most (more are not asked: they start without a resume point)
+RESUME_MAX_STREAMS = 10_000
 
 
 class PublisherChannel:
@@ -56,7 +76,11 @@ class PublisherChannel:
         self.flush_interval = cfg.flush_interval
         self.max_queued = cfg.max_queued_batches
         self.put_timeout = cfg.put_timeout
+        self.max_unacked = cfg.max_unacked_batches
+        self.max_unacked_bytes = cfg.max_unacked_bytes
         self.overflow_max = overflow_max
+        #: this worker process's producer id (the publisher's watermark key); unique per start
+        self.producer = f"{exchange}.{os.getpid()}-{os.urandom(4).hex()}"
         self._backoff = Backoff(reconnect_initial, reconnect_max)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch: list[WireEvent] = []
@@ -66,6 +90,10 @@ class PublisherChannel:
         self._queue: deque[tuple[dict, int]] = deque()
         # closed batches waiting (until their deadline) for room in _queue
         self._overflow: deque[tuple[float, dict, int]] = deque()
+        # written but not acknowledged, oldest first: (seq, encoded frame, events in it)
+        self._unacked: deque[tuple[int, bytes, int]] = deque()
+        self._unacked_bytes = 0
+        self._resend = False  # a new connection: write every unacked frame first
         self._wakeup = asyncio.Event()
         # set whenever the queue is at or below half of max_queued (producers wait on it, bounded)
         self._room = asyncio.Event()
@@ -75,6 +103,10 @@ class PublisherChannel:
         self._reader_task: asyncio.Task | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._seq = 0
+        #: resume question (streams, callback) until answered; see request_resume
+        self._resume: tuple[list[str], Callable[[dict[str, Any]], None]] | None = None
+        self._resume_retry: asyncio.TimerHandle | None = None
+        self.resume_asked = 0
         self._closing = False
         self._closed = False
         self._drop_log = LogLimiter()
@@ -86,6 +118,10 @@ class PublisherChannel:
         self.dropped_batches = 0
         self.instruments_dropped = 0
         self.connects = 0
+        self.events_acked = 0
+        self.batches_resent = 0
+        #: events written but not acknowledged when close() gave up (maybe in Redis, maybe not)
+        self.unconfirmed = 0
         self.last_error: str | None = None
 
     # ---- lifecycle ----
@@ -112,7 +148,13 @@ class PublisherChannel:
             "drops": self.drops,
             "channel": "connected" if self.connected else "disconnected",
             "queued_batches": self.queued_batches(),
+            "unacked_batches": len(self._unacked),
+            "events_acked": self.events_acked,
+            "batches_resent": self.batches_resent,
         }
+
+    def unacked_events(self) -> int:
+        return sum(n for _, _, n in self._unacked)
 
     # ---- hot path ----
     def put(self, event: WireEvent) -> None:
@@ -160,6 +202,35 @@ class PublisherChannel:
         frame = {"t": "instruments", "exchange": self.exchange, "market": market, "full": full,
                  "source": source, "detected_at": detected_at, "instruments": instruments}
         self._enqueue(frame, 0)
+
+    def request_resume(self, streams: list[str], on_answer: Callable[[dict[str, Any]], None]) -> None:
+        """Ask the publisher (now, or as soon as connected) where Redis stands for ``streams``;
+        ``on_answer`` gets the ``resume`` frame once. Asked again until answered."""
+        self._resume = (list(streams)[:RESUME_MAX_STREAMS], on_answer)
+        self._ask_resume()
+
+    def _ask_resume(self) -> None:
+        self._resume_retry = None
+        writer = self._writer
+        if self._resume is None or writer is None or writer.is_closing():
+            return  # _connect asks
+        ipc.write_frame(writer, {"t": "resume?", "streams": self._resume[0]})
+        self.resume_asked += 1
+
+    def _on_resume(self, msg: dict[str, Any]) -> None:
+        if self._resume is None:
+            return
+        if "error" in msg:
+            # Redis unreachable at the publisher: ask again soon (bounded: one timer)
+            if self._resume_retry is None and self._loop is not None:
+                self._resume_retry = self._loop.call_later(RESUME_RETRY, self._ask_resume)
+            return
+        _, on_answer = self._resume
+        self._resume = None
+        try:
+            on_answer(msg)
+        except Exception:  # noqa: BLE001 - a bad answer must not stop reading the acks
+            log.exception("%s channel: resume answer not applied", self.exchange)
 
     # ---- batching ----
     def _arm_flush(self) -> None:
@@ -233,23 +304,45 @@ class PublisherChannel:
     # ---- sender ----
     async def _connect(self) -> None:
         reader, writer = await asyncio.open_unix_connection(self.socket_path)
-        ipc.write_frame(writer, {"t": "hello", "exchange": self.exchange, "pid": os.getpid()})
+        ipc.write_frame(writer, {"t": "hello", "exchange": self.exchange, "pid": os.getpid(),
+                                 "producer": self.producer})
         self._writer = writer
         self.connects += 1
+        self._ask_resume()
+        self._resend = bool(self._unacked)
         self._reader_task = asyncio.create_task(self._watch(reader, writer), name=f"{self.exchange}-channel-rx")
         log.info("%s channel connected to publisher", self.exchange)
 
     async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Read (and ignore) what the publisher sends, to notice it going away."""
+        """Read the publisher's acks (and notice it going away)."""
         try:
             while True:
                 msg = await ipc.read_frame(reader)
                 if msg is None:
                     break
+                if type(msg) is dict and msg.get("t") == "ack" and type(msg.get("seq")) is int:
+                    self._on_ack(msg["seq"])
+                elif type(msg) is dict and msg.get("t") == "resume":
+                    self._on_resume(msg)
         except (ipc.FrameError, ConnectionError, OSError):
             pass
         if self._writer is writer:
             self._disconnected("publisher closed the channel")
+
+    def _on_ack(self, seq: int) -> None:
+        """Everything up to ``seq`` is in Redis: forget it."""
+        unacked = self._unacked
+        freed = False
+        while unacked and unacked[0][0] <= seq:
+            _, data, n = unacked.popleft()
+            self._unacked_bytes -= len(data)
+            self.events_acked += n
+            freed = True
+        if freed:
+            self._wakeup.set()
+
+    def _window_full(self) -> bool:
+        return len(self._unacked) >= self.max_unacked or self._unacked_bytes >= self.max_unacked_bytes
 
     def _disconnected(self, why: str) -> None:
         writer, self._writer = self._writer, None
@@ -265,7 +358,7 @@ class PublisherChannel:
             if writer is None or writer.is_closing():
                 if writer is not None:
                     self._disconnected("connection closing")
-                if self._closing and not self._queue:
+                if self._closing and not self._queue and not self._unacked:
                     return
                 try:
                     await self._connect()
@@ -277,10 +370,24 @@ class PublisherChannel:
                                     self.exchange, self.socket_path, exc.__class__.__name__, delay)
                     await asyncio.sleep(delay)
                 continue
+            if self._resend:
+                # a new connection: everything not acknowledged goes first, in order
+                self._resend = False
+                try:
+                    for k, (_, data, _) in enumerate(list(self._unacked)):
+                        writer.write(data)
+                        self.batches_resent += 1
+                        if k % _FRAMES_PER_DRAIN == _FRAMES_PER_DRAIN - 1:
+                            await writer.drain()
+                    await writer.drain()
+                except (ConnectionError, OSError) as exc:
+                    if self._writer is writer:
+                        self._disconnected(f"write failed ({exc.__class__.__name__})")
+                continue
             if not self._queue and self._batch and not self._closed:
                 self._close_batch()  # the sender is free: ship the partial batch now
-            if not self._queue:
-                if self._closing:
+            if not self._queue or self._window_full():
+                if self._closing and not self._queue and not self._unacked:
                     try:
                         await writer.drain()
                     except (ConnectionError, OSError):
@@ -295,11 +402,15 @@ class PublisherChannel:
                 continue
             try:
                 n = 0
-                while self._queue and n < _FRAMES_PER_DRAIN and not writer.is_closing():
+                while self._queue and n < _FRAMES_PER_DRAIN and not writer.is_closing() and not self._window_full():
                     frame, n_events = self._queue.popleft()
-                    ipc.write_frame(writer, frame)
+                    data = ipc.encode(frame)
+                    writer.write(data)
                     n += 1
                     self.events_out += n_events
+                    if frame["t"] == "events":  # kept until acked (instruments: a later snapshot replaces it)
+                        self._unacked.append((frame["seq"], data, n_events))
+                        self._unacked_bytes += len(data)
                     if n_events:
                         self.batches_out += 1
                 self._admit_overflow()
@@ -325,6 +436,10 @@ class PublisherChannel:
         if self._expiry_handle is not None:
             self._expiry_handle.cancel()
             self._expiry_handle = None
+        if self._resume_retry is not None:
+            self._resume_retry.cancel()
+            self._resume_retry = None
+        self._resume = None
         # accepted data is written out now, whatever the soft bound says
         while self._overflow:
             _, frame, n = self._overflow.popleft()
@@ -339,6 +454,10 @@ class PublisherChannel:
                 await asyncio.gather(task, return_exceptions=True)
             except Exception as exc:  # noqa: BLE001 - the sender died; count what is left below
                 self.last_error = f"publisher channel sender failed: {exc!r}"[:200]
+        if self._unacked:
+            self.unconfirmed += self.unacked_events()
+            log.warning("%s channel: %d events written but not acknowledged by the stop deadline "
+                        "(in Redis or not: the publisher did not confirm)", self.exchange, self.unconfirmed)
         left = sum(n for _, n in self._queue)
         if self._queue:
             log.error("%s channel: %d events (%d frames) not delivered by the stop deadline",

@@ -15,7 +15,14 @@
   :meth:`WsManager.resubscribe` of the feed carrying that book (one stream, paced);
 - a shard whose connection was lost (not rotated) marks only ITS books stale (a ``book_gap``
   marker, reason ``stale``) and resets them; the other shards' books are untouched;
-- REST polls (open interest, long/short ratios) each on its interval, spread out, one at a time.
+- REST polls (open interest, long/short ratios) each on its interval, spread out, one at a time;
+- trade gap fill (``trade_gap_fill``, :mod:`workers.gapfill`): every live trade is shown to the
+  filler; a lost connection anchors its trade streams; the missed trades are fetched from REST and
+  published like live ones (``source: rest``), or a ``trade_gap`` marker says what is missing. The
+  filler may hold a live trade back (its symbol's fill is running): it is published after the fill;
+- resume after a worker restart: before the feeds start, the trade streams' resume points are
+  asked from the publisher (the channel's ``request_resume``); the filler holds their first live
+  trades until the answer and fills from where Redis stands (workers/gapfill.py).
 
 Everything here runs on the worker's event loop; nothing blocks.
 """
@@ -28,19 +35,22 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from shared.events import WireEvent, now_ms
+from shared.events import TRADE_STREAM_TYPES, WireEvent, now_ms
 from shared.logutil import LogLimiter
 from shared.marketdata import BookGap, BookMsg
 from shared.ratelimit import TokenBucket
 from shared.settings import ExchangeSettings
 from workers.book import STALE, BookConfig, BookManager, BookRequest
 from workers.exchanges.base import ExchangeAdapter, RestPoll, WsFeed
+from workers.gapfill import STRATEGIES, TradeGapFiller, resume_points
 from workers.transport.rest import RestClient, RestError
 from workers.transport.ws import WsManager
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[WireEvent]], None]
+#: ask the publisher where Redis stands for these trade streams; the answer frame goes to the callback
+ResumeRequest = Callable[[list[str], Callable[[dict[str, Any]], None]], None]
 
 #: at most this many REST snapshots in flight per exchange (the token bucket paces releases)
 SNAPSHOT_CONCURRENCY = 2
@@ -81,6 +91,7 @@ class MarketData:
         *,
         backpressure: Callable[[], Awaitable[None]] | None = None,
         tick: float = 0.05,
+        resume: ResumeRequest | None = None,
     ) -> None:
         self.exchange = exchange
         self.cfg = cfg
@@ -89,6 +100,8 @@ class MarketData:
         self.rest = rest
         self.backpressure = backpressure
         self.tick = tick
+        #: asks the publisher where Redis stands for the trade streams (the worker's channel)
+        self.resume = resume
         self.books = BookManager(book_config(cfg, adapter))
         self.managers: list[WsManager] = []
         #: (market, native) -> (manager, stream) of the feed carrying that book
@@ -102,6 +115,10 @@ class MarketData:
         #: resubscribe requests the feed could not take yet (rate-limited), by book key
         self._resub_pending: dict[tuple[str, str], BookRequest] = {}
         self._tlog = LogLimiter()
+        #: REST gap fill of the trade streams after reconnects (None = off or not supported)
+        self.gaps: TradeGapFiller | None = (
+            TradeGapFiller(exchange, cfg, rest, self._sink_filled, release=sink)
+            if cfg.trade_gap_fill and exchange in STRATEGIES else None)
         # counters (cumulative)
         self.counts: dict[str, int] = {}          # wire events per type
         self.snapshots_ok = 0
@@ -120,6 +137,12 @@ class MarketData:
         feeds = adapter.market_data_feeds(cfg)
         rates = [f.connect_rate for f, _ in feeds if f.connect_rate > 0]
         limiter = TokenBucket(min(rates), max(1.0, min(rates))) if rates else None
+        if self.gaps is not None:
+            # before any trade arrives: a new process resumes its trade streams where Redis stands
+            keys = [k for feed, streams in feeds for k in self.gaps.register(feed, streams)]
+            if keys and self.resume is not None:
+                self.gaps.expect_resume(keys)
+                self.resume(keys, self._on_resume)
         for feed, streams in feeds:
             mgr = WsManager(feed, cfg, self._sink, backpressure=self.backpressure, books_sink=self._on_books,
                             connect_limiter=limiter)
@@ -128,6 +151,8 @@ class MarketData:
             self.managers.append(mgr)
             await mgr.start(streams)
         self.polls = adapter.market_data_polls(cfg)
+        if self.gaps is not None:
+            self.gaps.start()
         self._tasks.append(asyncio.create_task(self._book_loop(), name=f"{self.exchange}-books"))
         if self.polls:
             self._tasks.append(asyncio.create_task(self._poll_loop(), name=f"{self.exchange}-md-polls"))
@@ -139,6 +164,8 @@ class MarketData:
         for t in [*self._tasks, *self._fetches]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._fetches, return_exceptions=True)
+        if self.gaps is not None:
+            await self.gaps.stop()
         for mgr in self.managers:
             try:
                 await asyncio.wait_for(mgr.stop(), 5.0)
@@ -154,8 +181,32 @@ class MarketData:
                 self._book_stream[(market, native)] = (mgr, stream)
                 self._stream_book[(id(mgr), stream)] = (market, native, canonical)
 
+    def _on_resume(self, answer: dict[str, Any]) -> None:
+        if self.gaps is not None:
+            self.gaps.resume(resume_points(answer))
+
     # ---- hot path ----
     def _sink(self, events: list[WireEvent]) -> None:
+        counts = self.counts
+        gaps = self.gaps
+        out: list[WireEvent] | None = None   # built only when a trade is held back
+        for i, ev in enumerate(events):
+            cls = ev[2]
+            counts[cls] = counts.get(cls, 0) + 1
+            if cls in TRADE_STREAM_TYPES and gaps is not None and gaps.observe(ev):
+                if out is None:
+                    out = events[:i]
+                continue
+            if out is not None:
+                out.append(ev)
+        if out is None:
+            self.put(events)
+        elif out:
+            self.put(out)
+
+    def _sink_filled(self, events: list[WireEvent]) -> None:
+        """Trades from the REST history and gap markers: counted, never shown to the gap tracker
+        (they are older than the live trades that bound their gap)."""
         counts = self.counts
         for ev in events:
             cls = ev[2]
@@ -174,6 +225,8 @@ class MarketData:
     def _reset_hook(self, mgr: WsManager) -> Callable[[list[str]], None]:
         def hook(streams: list[str]) -> None:
             self._reset_books(mgr, streams)
+            if self.gaps is not None:
+                self.gaps.on_reset(mgr.feed, streams)
         return hook
 
     def _reset_books(self, mgr: WsManager, streams: list[str]) -> None:
@@ -345,4 +398,5 @@ class MarketData:
             "poll_errors": self.poll_errors,
             "poll_parse_errors": self.poll_parse_errors,
             "poll_rejected": self.poll_rejected,
+            **(self.gaps.stats() if self.gaps is not None else {}),
         }

@@ -15,11 +15,13 @@ and reports stats in every beat. On ``link.stop_requested``: WebSocket and polle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from collector.logs import setup_logging
@@ -66,6 +68,8 @@ class Worker:
         #: market-data feeds, books and polls (``market_data: true``)
         self.md: MarketData | None = None
         self.wants_md = False
+        #: the settings the market-data path runs with (the trades-only config mapped onto it)
+        self.md_cfg: ExchangeSettings | None = None
         self._poll_task: asyncio.Task | None = None
         self._hook_tasks: list[asyncio.Task] = []
         self.polls = 0
@@ -89,6 +93,12 @@ class Worker:
             return f"config error: exchanges.{self.exchange}.symbols: {exc}"
         cfg, adapter = self.cfg, self.adapter
         wants_md = False
+        if (cfg.trades and cfg.symbols and not cfg.market_data and adapter.supports_trades
+                and adapter.supports_market_data):
+            # trades only: the spot trade stream runs on the market-data path all the same, so it
+            # gets the REST gap fill after a reconnect and the resume after a worker restart
+            cfg = self.md_cfg = cfg.model_copy(update={"market_data": True, "channels": ["trade"],
+                                                       "markets": ["spot"]})
         if cfg.market_data:
             if not adapter.supports_market_data:
                 return (f"config error: exchanges.{self.exchange}.market_data: no market data for "
@@ -128,7 +138,7 @@ class Worker:
         self.channel.start()
         await link.start(self.stats)
 
-        if cfg.trades and cfg.symbols and adapter.supports_trades and not cfg.market_data:
+        if cfg.trades and cfg.symbols and adapter.supports_trades and not cfg.market_data and self.md_cfg is None:
             self.ws = WsManager(adapter, cfg, self.channel.put_many, backpressure=self.channel.backpressure)
             await self.ws.start(adapter.trade_streams())
         if cfg.listings and not adapter.supports_listings:
@@ -145,8 +155,8 @@ class Worker:
             )
         if self.wants_md:
             assert self.rest is not None
-            self.md = MarketData(self.exchange, cfg, adapter, self.channel.put_many, self.rest,
-                                 backpressure=self.channel.backpressure)
+            self.md = MarketData(self.exchange, self.md_cfg or cfg, adapter, self.channel.put_many, self.rest,
+                                 backpressure=self.channel.backpressure, resume=self.channel.request_resume)
             await self.md.start()
         if self.listings_on:
             self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.exchange}-poll")
@@ -378,6 +388,12 @@ class Worker:
         if t.fd_leak_exchange == self.exchange and t.fd_leak_per_s > 0:
             log.warning("TEST HOOK: leaking %.1f file descriptors/s", t.fd_leak_per_s)
             self._hook_tasks.append(asyncio.create_task(_leak_fds(t.fd_leak_per_s)))
+        if t.hang_exchange == self.exchange:
+            # the marker makes "once" hold across processes: the replacement must run normally
+            marker = self.settings.run_dir / f"testing-hang-{self.exchange}.done"
+            if not (t.hang_once and marker.exists()):
+                log.warning("TEST HOOK: blocking the event loop in %.1fs", t.hang_after_s)
+                self._hook_tasks.append(asyncio.create_task(_hang_after(t.hang_after_s, marker)))
 
 
 def _total(stats: list[dict[str, Any]], key: str) -> int:
@@ -397,6 +413,20 @@ async def _leak_memory(mb_per_s: float) -> None:
         # filled with non-zero bytes so every page is touched (counts in RSS)
         held.append(bytearray(b"\x01") * chunk)
         await asyncio.sleep(step)
+
+
+async def _hang_after(delay_s: float, marker: Path) -> None:
+    await asyncio.sleep(delay_s)
+    with contextlib.suppress(OSError):
+        marker.touch()
+    log.warning("TEST HOOK: blocking the event loop now")
+    _block_event_loop_forever()
+
+
+def _block_event_loop_forever() -> None:
+    """TEST HOOK: a blocking call on the event loop (the process lives, the loop stops: no beats)."""
+    while True:
+        time.sleep(3600)  # a signal's Python handler runs and the sleep goes on (PEP 475)
 
 
 async def _leak_fds(per_s: float) -> None:

@@ -195,6 +195,11 @@ class SimulatorClient:
         ``sent_seq`` (last written to a subscriber), keyed ``market:symbol``."""
         return self._call("GET", "/_sim/md/stats")
 
+    def md_trades(self) -> dict[str, Any]:
+        """The trade tape per instrument (``market:symbol``): ``first_id`` and ``last_id`` generated
+        (ids grow by one per trade; Binance USDⓈ-M and Bybit publish other ids), ``trades``."""
+        return self._call("GET", "/_sim/md/trades")["instruments"]
+
     def md_config(self) -> dict[str, Any]:
         return self._call("GET", "/_sim/md/config")["config"]
 

@@ -43,14 +43,14 @@ import time
 import uuid
 import zlib
 from bisect import bisect_left, insort
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import orjson
 
 from collector.simulator.state import USD_LIKE, USD_PRICES, SimError, now_ms
-from collector.simulator.wsframes import text_frame
+from collector.simulator.wsframes import TradeTape, text_frame
 
 log = logging.getLogger("collector.simulator")
 
@@ -61,6 +61,10 @@ MAX_RATE_OVERRIDES = 1000
 MAX_SILENCED = 1000
 MAX_PARSE_CACHE = 100_000
 MAX_BOOK_LEVELS = 1000
+MAX_TRADE_HISTORY = 100_000
+TAPE_MASK = TradeTape.SIZE - 1
+#: idle trades generated per instrument per tick at most (a long pause is not caught up)
+MAX_IDLE_TRADES_PER_TICK = 20
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 FUNDING_MS = 8 * HOUR_MS
@@ -88,6 +92,12 @@ class MdConfig:
     max_subscriptions: int = 2000
     #: market-data WebSocket connections per port (venues)
     max_clients: int = 512
+    #: trades kept per instrument for the REST trade-history endpoints (older ones are gone: a
+    #: collector's gap fill that reaches past them gets the ``trade_gap`` marker path)
+    trade_history: int = 2000
+    #: an instrument whose trades were subscribed once keeps trading while nobody is subscribed
+    #: (a dropped collector misses those trades and fills them from REST), at the channel's rate
+    idle_trades: bool = True
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -108,6 +118,8 @@ class MdConfig:
                 raise SimError(400, f"rate must be 0..{MAX_TOPIC_RATE}")
             if key == "book_levels" and not 5 <= new <= MAX_BOOK_LEVELS:
                 raise SimError(400, f"book_levels must be 5..{MAX_BOOK_LEVELS}")
+            if key == "trade_history" and not 1 <= new <= MAX_TRADE_HISTORY:
+                raise SimError(400, f"trade_history must be 1..{MAX_TRADE_HISTORY}")
             setattr(self, key, new)
 
 
@@ -284,6 +296,11 @@ def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> in
 
 
 # ============================================================================ instrument
+#: one trade of the REST history: (id text, ordered number: Binance aggregate id / OKX tradeId /
+#: Deribit trade_seq, price ticks, qty units, buyer is taker, time ms)
+TradeRecord = tuple[str, int, int, int, bool, int]
+
+
 class Instrument:
     """One simulated instrument of one exchange: book, sequence, statistics, candles."""
 
@@ -325,6 +342,8 @@ class Instrument:
         self.funding_bp = rng.randint(-30, 120)   # rate in 1e-6 units
         self.ticker_state: dict[str, str] | None = None   # Bybit linear: last state pushed
         self.vol_index = 50.0 + rng.random() * 30
+        #: published (and idle) trades for the REST history: TradeRecord, oldest first, bounded
+        self.trade_history: deque[TradeRecord] | None = None
 
     def qty(self) -> int:
         units = int(self.typical * self.rng.expovariate(1.0))
@@ -429,6 +448,8 @@ class MdEngine(ABC):
     name = ""
     #: the channel whose updates move a book (and carry its sequence)
     book_channel = ""
+    #: the channel carrying trades (idle trades are generated for it while nobody subscribes)
+    trade_channel = ""
 
     def __init__(self, config: MdConfig | None = None, seed: int | None = None) -> None:
         self.initial_config = replace(config) if config else MdConfig()
@@ -450,6 +471,9 @@ class MdEngine(ABC):
         self.tick_no = 0
         self._book_driven: set[tuple[str, str]] = set()
         self.started_ms = now_ms()
+        #: instruments with a trade history (bounded by max_instruments) and their idle carry
+        self._traded: dict[tuple[str, str], Instrument] = {}
+        self._idle_carry: dict[tuple[str, str], float] = {}
 
     # ---------------------------------------------------------------- subclass hooks
     @abstractmethod
@@ -577,6 +601,8 @@ class MdEngine(ABC):
         self.budget = min(self.budget + cfg.max_updates_per_s * dt, max(cfg.max_updates_per_s, 1.0))
         self._housekeeping()
         active = self.active()
+        if self._traded and self.config.idle_trades:
+            self._idle_trades(active, dt)
         if not active:
             self.carry.clear()
             return
@@ -610,6 +636,49 @@ class MdEngine(ABC):
 
     def _housekeeping(self) -> None:
         """Per tick work besides topics (heartbeats ...)."""
+
+    # ---------------------------------------------------------------- trade history (REST)
+    def new_trade(self, inst: Instrument, now: int) -> TradeRecord:
+        """One trade of ``inst`` with the exchange's ids, kept in its REST history."""
+        tid, price, q, buy = inst.trade()
+        return self.keep_trade(inst, tid, price, q, buy, now)
+
+    def keep_trade(self, inst: Instrument, tid: int, price: int, q: int, buy: bool, now: int) -> TradeRecord:
+        """Keep a trade ``inst`` already made in its REST history."""
+        rec = self.trade_record(inst, tid, price, q, buy, now)
+        hist = inst.trade_history
+        if hist is None or hist.maxlen != self.config.trade_history:
+            hist = inst.trade_history = deque(hist or (), maxlen=self.config.trade_history)
+            self._traded[(inst.market, inst.native)] = inst
+        hist.append(rec)
+        self.counters["trades_recorded"] += 1
+        return rec
+
+    def trade_record(self, inst: Instrument, tid: int, price: int, q: int, buy: bool, now: int) -> TradeRecord:
+        """The exchange's ids of a new trade (default: the instrument's trade id)."""
+        return (str(tid), tid, price, q, buy, now)
+
+    def _idle_trades(self, active: dict[Key, dict[str, list[Any]]], dt: float) -> None:
+        """Instruments whose trade channel nobody reads now keep trading (into the history only)."""
+        now = now_ms()
+        for mk, inst in self._traded.items():
+            if self.trades_read(mk, active):
+                self._idle_carry.pop(mk, None)
+                continue
+            c = self._idle_carry.get(mk, 0.0) + self.rate_for(self.trade_channel, mk[1]) * dt
+            n = min(int(c), MAX_IDLE_TRADES_PER_TICK)
+            self._idle_carry[mk] = min(c - n, 1.0)
+            for _ in range(n):
+                self.new_trade(inst, now)
+                self.counters["idle_trades"] += 1
+
+    def trades_read(self, mk: tuple[str, str], active: dict[Key, dict[str, list[Any]]]) -> bool:
+        """Someone subscribes to the trades of instrument ``mk`` (then it trades on that clock)."""
+        return (mk[0], mk[1], self.trade_channel) in active
+
+    def history(self, market: str, native: str) -> list[TradeRecord]:
+        inst = self.instruments.get((market, native))
+        return list(inst.trade_history) if inst is not None and inst.trade_history else []
 
     def advance(self, inst: Instrument) -> None:
         """Move a book nobody reads through its book channel (once per tick), so prices move and
@@ -782,11 +851,13 @@ class BinanceMd(MdEngine):
 
     name = "binance"
     book_channel = "depth"
+    trade_channel = "aggTrade"
 
     def __init__(self, state: Any, config: MdConfig | None = None, seed: int | None = None) -> None:
         self.state = state
         self._parsed: dict[str, tuple[str, str] | None] = {}
         super().__init__(config, seed)
+        self._record_spot_tape()
 
     # ---- instruments: the symbols the Binance state lists
     def make_instrument(self, market: str, native: str) -> Instrument | None:
@@ -853,6 +924,90 @@ class BinanceMd(MdEngine):
         self.state.counters["ws_dropped"] += n
         self.counters["dropped"] += n
         return n
+
+    # ---- trades: the aggregate id is the ordered number; f = l = the trade id
+    def trade_record(self, inst: Instrument, tid: int, price: int, q: int, buy: bool, now: int) -> TradeRecord:
+        inst.agg_id += 1
+        return (str(tid), inst.agg_id, price, q, buy, now)
+
+    def agg_trades_body(self, market: str, native: str, from_id: int | None, limit: int) -> bytes:
+        """``/api/v3/aggTrades`` / ``/fapi/v1/aggTrades``: aggregate trades from ``from_id`` (inclusive,
+        oldest first; the most recent ``limit`` without it) out of the bounded history."""
+        if (market, native) not in self.instruments and native not in self.state.listings.get(market, {}):
+            raise SimError(400, "Invalid symbol.")
+        rows = self.history(market, native)
+        rows = [r for r in rows if r[1] >= from_id][:limit] if from_id is not None else rows[-limit:]
+        inst = self.instruments.get((market, native))
+        out = []
+        for tid, agg, price, q, buy, ts in rows:
+            assert inst is not None
+            d: dict[str, Any] = {"a": agg, "p": inst.fmt.px(price), "q": inst.fmt.qty(q), "f": int(tid),
+                                 "l": int(tid), "T": ts, "m": not buy}
+            if market == "spot":
+                d["M"] = True
+            out.append(d)
+        return orjson.dumps(out)
+
+    # ---- the spot ``@trade`` tape of ``SimState``: its REST history
+    def _record_spot_tape(self) -> None:
+        """Keep a bounded history of the spot trade tape (``SimState.emit``, ids 1, 2, 3 ...) for
+        ``/api/v3/historicalTrades``: each emitted batch as (first id, count, time, tape index or
+        None when nothing was written: then the entry is taken by id)."""
+        state = self.state
+        if state is None or not hasattr(state, "emit") or getattr(state, "_md_tape_recorded", False):
+            return
+        emit = state.emit
+        self._tape_batches: dict[str, deque[list[Any]]] = {}
+
+        def recorded_emit(feed: Any, count: int) -> tuple[int, int, bool]:
+            # the tape is built lazily (costly for thousands of filler symbols): never force it here
+            tape = feed._tape
+            cursor = tape.cursor if tape is not None else 0
+            first, last, delivered = emit(feed, count)
+            batches = self._tape_batches.get(feed.symbol)
+            if batches is None:
+                # only symbols somebody subscribed to (the history is for their gap fills)
+                if not delivered or len(self._tape_batches) >= self.config.max_instruments:
+                    return first, last, delivered
+                batches = self._tape_batches[feed.symbol] = deque()
+            batches.append([first, count, now_ms(), cursor if delivered else None])
+            keep = self.config.trade_history
+            total = sum(b[1] for b in batches)
+            while batches and total - batches[0][1] >= keep:
+                total -= batches.popleft()[1]
+            if total > keep:   # trim the oldest batch from its start
+                b = batches[0]
+                cut = total - keep
+                b[0] += cut
+                b[1] -= cut
+                if b[3] is not None:
+                    b[3] = (b[3] + cut) & (TAPE_MASK)
+            return first, last, delivered
+
+        state.emit = recorded_emit
+        state._md_tape_recorded = True
+
+    def historical_trades_body(self, native: str, from_id: int | None, limit: int) -> bytes:
+        """``/api/v3/historicalTrades``: the spot tape's trades from ``from_id`` (inclusive), oldest
+        first, out of the bounded history; the most recent ``limit`` without ``from_id``."""
+        feed = self.state.feeds.get(native) if self.state is not None else None
+        if feed is None or native not in self.state.listings.get("spot", {}):
+            raise SimError(400, "Invalid symbol.")
+        batches = list(getattr(self, "_tape_batches", {}).get(native, ()))
+        entries: list[tuple[int, int, int]] = []   # (id, time, tape index)
+        mask = feed.tape.SIZE - 1
+        for first, count, ts, cursor in batches:
+            for k in range(count):
+                entries.append((first + k, ts, (cursor + k) & mask if cursor is not None else (first + k) & mask))
+        entries = [e for e in entries if e[0] >= from_id][:limit] if from_id is not None else entries[-limit:]
+        tape = feed.tape
+        out = []
+        for tid, ts, j in entries:
+            parts = tape.mids[j].split('"')   # ,"p":"<price>","q":"<qty>","T":
+            price, qty = parts[3], parts[7]
+            out.append({"id": tid, "price": price, "qty": qty, "quoteQty": f"{float(price) * float(qty):.8f}",
+                        "time": ts, "isBuyerMaker": tape.tails[j].startswith(',"m":true'), "isBestMatch": True})
+        return orjson.dumps(out)
 
     # ---- the book
     def book_update(self, inst: Instrument, send: bool = True) -> Any:
@@ -936,8 +1091,8 @@ class BinanceMd(MdEngine):
                     "a": fmt.px(ba), "A": fmt.qty(book.asks.get(ba, 0))}
             d = vals if spot else {"e": "bookTicker", **vals, "T": now, "E": now}
         elif ch == "aggTrade":
-            tid, price, q, buy = inst.trade()
-            inst.agg_id += 1
+            rec = self.new_trade(inst, now)
+            tid, price, q, buy = int(rec[0]), rec[2], rec[3], rec[4]
             if spot:
                 d = {"e": "aggTrade", "E": now, "s": native, "a": inst.agg_id, "p": fmt.px(price),
                      "q": fmt.qty(q), "f": tid, "l": tid, "T": now, "m": not buy, "M": True}
@@ -1027,6 +1182,10 @@ OKX_CANDLES = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m"
                "1Dutc": DAY_MS}
 OKX_PUBLIC = frozenset({"trades", "books", "books5", "bbo-tbt", "tickers", "funding-rate", "open-interest",
                         "liquidation-orders"})
+#: /ws/v5/business besides candles: one fill per push
+OKX_BUSINESS = frozenset({"trades-all"})
+#: channels carrying the trade tape (every fill of an instrument goes to both)
+OKX_TRADE_CHANNELS = ("trades-all", "trades")
 OKX_PERP_ONLY = frozenset({"funding-rate", "open-interest"})
 OKX_INST_TYPES = ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION")
 RUBIK_PERIODS = {"5m": 300_000, "1H": HOUR_MS, "1D": DAY_MS}
@@ -1046,6 +1205,7 @@ class OkxMd(VenueMd):
 
     name = "okx"
     book_channel = "books"
+    trade_channel = "trades-all"
 
     def __init__(self, venue: Any, config: MdConfig | None = None, seed: int | None = None) -> None:
         self.venue = venue
@@ -1128,7 +1288,7 @@ class OkxMd(VenueMd):
         if kind == "public":
             if channel not in OKX_PUBLIC:
                 return None
-        elif not (channel.startswith("candle") and channel[6:] in OKX_CANDLES):
+        elif channel not in OKX_BUSINESS and not (channel.startswith("candle") and channel[6:] in OKX_CANDLES):
             return None
         inst_id = arg.get("instId")
         if not isinstance(inst_id, str) or len(inst_id) > 64:
@@ -1199,6 +1359,34 @@ class OkxMd(VenueMd):
             "bids": [[fmt.px(p), fmt.qty(q), "0", str(1 + q % 5)] for p, q in bids],
             "ts": str(now_ms()), "seqId": inst.seq}]})
 
+    def history_trades_body(self, query: Any) -> tuple[int, bytes]:
+        """GET /api/v5/market/history-trades (``type=1``: by tradeId): trades older than ``after``
+        (newer than ``before``), newest first, at most ``limit`` (<= 100), from the bounded history."""
+        inst_id = query.get("instId")
+        if not inst_id:
+            return 400, orjson.dumps({"code": "50014", "msg": "Parameter instId can not be empty.", "data": []})
+        market = _okx_market(inst_id) if len(inst_id) <= 64 else None
+        if market is None or (market, inst_id) not in self.venue.rows:
+            return 200, orjson.dumps({"code": "51001", "msg": "Instrument ID doesn't exist.", "data": []})
+        cursors = {}
+        for name in ("after", "before", "limit"):
+            v = query.get(name)
+            if v is not None and (not v.isdigit() or len(v) > 19):
+                return 200, orjson.dumps({"code": "51000", "msg": f"Parameter {name} error", "data": []})
+            cursors[name] = int(v) if v is not None else None
+        if query.get("type", "1") != "1":
+            return 200, orjson.dumps({"code": "51000", "msg": "Parameter type error", "data": []})
+        limit = cursors["limit"] if cursors["limit"] is not None else 100
+        if not 1 <= limit <= 100:
+            return 200, orjson.dumps({"code": "51000", "msg": "Parameter limit error", "data": []})
+        after, before = cursors["after"], cursors["before"]
+        rows = [r for r in reversed(self.history(market, inst_id))
+                if (after is None or r[1] < after) and (before is None or r[1] > before)][:limit]
+        inst = self.instruments[(market, inst_id)] if rows else None
+        data = [{"instId": inst_id, "side": "buy" if buy else "sell", "sz": inst.fmt.qty(q), "px": inst.fmt.px(price),
+                 "source": "0", "tradeId": tid, "ts": str(ts)} for tid, _n, price, q, buy, ts in rows if inst]
+        return 200, orjson.dumps({"code": "0", "msg": "", "data": data})
+
     def long_short_body(self, ccy: str | None, period: str | None) -> tuple[int, bytes]:
         """GET rubik long-short-account-ratio: ``[ts, ratio]`` rows, newest first."""
         if not ccy:
@@ -1230,14 +1418,15 @@ class OkxMd(VenueMd):
             self.deliver(key, targets, lambda _n: text)
             return
         self.advance(inst)
+        if ch in OKX_TRADE_CHANNELS:
+            # one fill, to the instrument's trades-all AND trades subscribers (one tape)
+            self._tape(inst, inst.trade(), now, force=True)
+            return
         fmt, book, ts = inst.fmt, inst.book, str(now)
         arg = {"channel": ch, "instId": native}
         inst_type = "SPOT" if market == "spot" else "SWAP"
-        if ch == "trades":
-            tid, price, q, buy = inst.trade()
-            data: list[Any] = [{"instId": native, "tradeId": str(tid), "px": fmt.px(price), "sz": fmt.qty(q),
-                                "side": "buy" if buy else "sell", "ts": ts, "count": "1"}]
-        elif ch in ("books5", "bbo-tbt"):
+        data: list[Any]
+        if ch in ("books5", "bbo-tbt"):
             bids, asks = book.top(5 if ch == "books5" else 1)
             item = {"asks": [[fmt.px(p), fmt.qty(q), "0", str(1 + q % 5)] for p, q in asks],
                     "bids": [[fmt.px(p), fmt.qty(q), "0", str(1 + q % 5)] for p, q in bids]}
@@ -1249,7 +1438,7 @@ class OkxMd(VenueMd):
             data = [item]
         elif ch == "tickers":
             if self.rng.random() < 0.5:
-                inst.trade()
+                self._tape(inst, inst.trade(), now)
             bb, ba = book.best_bid, book.best_ask
             quote_vol = inst.quote_volume if market == "spot" else fmt.qty_float(inst.volume)
             data = [{"instType": inst_type, "instId": native, "last": fmt.px(inst.last),
@@ -1268,7 +1457,10 @@ class OkxMd(VenueMd):
             data = [{"instType": "SWAP", "instId": native, "oi": fmt.qty(oi), "oiCcy": _styled(oi, 2, "strip"),
                      "oiUsd": float_text(oi / 100 * fmt.price_float(inst.mark()), 2, "strip"), "ts": ts}]
         elif ch.startswith("candle"):
+            before = inst.trade_id
             k = inst.kline(OKX_CANDLES[ch[6:]], now)
+            if inst.trade_id != before:   # the candle moved with a fill: at the touch, so its side shows
+                self._tape(inst, (inst.trade_id, inst.last, inst.last_qty, inst.last == book.best_ask), now)
             vol = k[5]
             quote = float_text(k[6], 2, "strip")   # spot volCcy = quote units; swap volCcy = coins
             data = [[str(k[0]), fmt.px(k[1]), fmt.px(k[2]), fmt.px(k[3]), fmt.px(k[4]), fmt.qty(vol),
@@ -1277,6 +1469,44 @@ class OkxMd(VenueMd):
             return
         text = orjson.dumps({"arg": arg, "data": data}).decode()
         self.deliver(key, targets, lambda _n: text)
+
+    # ---- the trade tape: every fill that moves an instrument is one tradeId (ids contiguous per
+    # instrument), kept for REST history-trades and pushed one per frame to ``trades-all`` (and, one
+    # taker order of one fill here, to ``trades`` with ``count`` 1). A fill made by another channel's
+    # clock (a ticker or candle that moved, a liquidation) is on the tape too: otherwise its id
+    # would be a hole in the live tape that no reconnect explains.
+    def trades_read(self, mk: tuple[str, str], active: dict[Key, dict[str, list[Any]]]) -> bool:
+        return any((mk[0], mk[1], ch) in active for ch in OKX_TRADE_CHANNELS)
+
+    def rate_for(self, channel: str, symbol: str) -> float:
+        """One tape, two channel names: a rate set on ``trades`` or ``trades-all`` drives both."""
+        if channel in OKX_TRADE_CHANNELS and self.rates:
+            other = OKX_TRADE_CHANNELS[1] if channel == OKX_TRADE_CHANNELS[0] else OKX_TRADE_CHANNELS[0]
+            for k in ((channel, symbol), (other, symbol), ("*", symbol), (channel, "*"), (other, "*")):
+                r = self.rates.get(k)
+                if r is not None:
+                    return r
+        return super().rate_for(channel, symbol)
+
+    def _tape(self, inst: Instrument, made: tuple[int, int, int, bool], now: int, force: bool = False) -> None:
+        """Record fill ``made`` (id, price ticks, qty units, buyer is taker) and push it. An
+        instrument nobody ever read trades of keeps no history (``force``: its trade channel is due)."""
+        if not force and inst.trade_history is None and not any(
+                (inst.market, inst.native, ch) in self.topics for ch in OKX_TRADE_CHANNELS):
+            return
+        tid, _num, price, q, buy, ts = self.keep_trade(inst, *made, now)
+        fmt = inst.fmt
+        row = {"instId": inst.native, "tradeId": tid, "px": fmt.px(price), "sz": fmt.qty(q),
+               "side": "buy" if buy else "sell"}
+        for ch in OKX_TRADE_CHANNELS:
+            key = (inst.market, inst.native, ch)
+            names = self.topics.get(key)
+            if not names:
+                continue
+            # trades-all (docs): {instId, tradeId, px, sz, side, source, ts}; trades adds count
+            extra = {"source": "0", "ts": str(ts)} if ch == "trades-all" else {"ts": str(ts), "count": "1"}
+            text = orjson.dumps({"arg": {"channel": ch, "instId": inst.native}, "data": [{**row, **extra}]}).decode()
+            self.deliver(key, {n: list(subs) for n, subs in names.items()}, lambda _n: text)
 
     def _liquidations(self, key: Key, targets: dict[str, list[Any]], now: int) -> None:
         """One liquidation per update, round-robin over the perpetuals in use (SWAP only)."""
@@ -1291,7 +1521,9 @@ class OkxMd(VenueMd):
             perps = [inst]
         self._liq_cursor = (self._liq_cursor + 1) % len(perps)
         inst = perps[self._liq_cursor]
-        _tid, price, q, buy = inst.trade()
+        made = inst.trade()
+        self._tape(inst, made, now)   # a liquidation order's fill is a trade like any other
+        _tid, price, q, buy = made
         family = f"{inst.base}-{inst.quote}"
         text = orjson.dumps({"arg": {"channel": "liquidation-orders", "instType": "SWAP"}, "data": [{
             "details": [{"bkLoss": "0", "bkPx": inst.fmt.px(price), "ccy": "", "posSide": "short" if buy else "long",
@@ -1313,7 +1545,15 @@ def _short(value: Any) -> str:
 
 # ============================================================================ Bybit
 BYBIT_CATEGORIES = {"spot": "spot", "linear": "perp"}   # category -> venue market
-_BYBIT_TOPIC_RE = re.compile(r"(publicTrade|tickers|allLiquidation|orderbook\.50)\.([A-Z0-9]{1,32})\Z")
+_BYBIT_TOPIC_RE = re.compile(r"(publicTrade|tickers|allLiquidation|orderbook\.(?:1|50|200|1000)|kline\.(?:1|3|5|15|30|60|120|240|360|720|D|W|M))"
+                             r"\.([A-Z0-9]{1,32})\Z")
+#: kline interval -> candle length in ms (W and M approximated as 7 and 30 days, from the epoch)
+BYBIT_KLINES = {"1": 60_000, "3": 180_000, "5": 300_000, "15": 900_000, "30": 1_800_000, "60": HOUR_MS,
+                "120": 2 * HOUR_MS, "240": 4 * HOUR_MS, "360": 6 * HOUR_MS, "720": 12 * HOUR_MS, "D": DAY_MS,
+                "W": 7 * DAY_MS, "M": 30 * DAY_MS}
+#: GET /v5/market/account-ratio: period -> its length in ms
+BYBIT_RATIO_PERIODS = {"5min": 300_000, "15min": 900_000, "30min": 1_800_000, "1h": HOUR_MS, "4h": 4 * HOUR_MS,
+                       "1d": DAY_MS}
 BYBIT_SPOT_MAX_ARGS = 10
 
 
@@ -1322,10 +1562,43 @@ class BybitMd(VenueMd):
 
     name = "bybit"
     book_channel = "orderbook.50"
+    trade_channel = "publicTrade"
 
     def __init__(self, venue: Any, config: MdConfig | None = None, seed: int | None = None) -> None:
         self.venue = venue
         super().__init__(config, seed)
+
+    # ---- trades: spot execIds are numeric strings, linear ones UUIDs (not ordered)
+    def trade_record(self, inst: Instrument, tid: int, price: int, q: int, buy: bool, now: int) -> TradeRecord:
+        exec_id = (str(2_290_000_000_000_000_000 + tid) if inst.market == "spot"
+                   else str(uuid.UUID(int=self.rng.getrandbits(128), version=4)))
+        return (exec_id, tid, price, q, buy, now)
+
+    def recent_trade_body(self, query: Any) -> tuple[int, bytes]:
+        """GET /v5/market/recent-trade: only the most recent ``limit`` trades (spot <= 60, linear
+        <= 1000), newest first; no paging (as on Bybit)."""
+        category, symbol, raw_limit = query.get("category"), query.get("symbol"), query.get("limit")
+
+        def error(code: int, msg: str) -> tuple[int, bytes]:
+            return 200, orjson.dumps({"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {},
+                                      "time": now_ms()})
+
+        market = BYBIT_CATEGORIES.get(category or "")
+        if market is None:
+            return error(10001, "params error: category invalid")
+        if not symbol or (market, symbol) not in self.venue.rows:
+            return error(10001, "params error: symbol invalid")
+        most = 60 if category == "spot" else 1000
+        if raw_limit is not None and (not raw_limit.isdigit() or not 1 <= int(raw_limit[:6]) <= most):
+            return error(10001, "params error: limit invalid")
+        limit = int(raw_limit) if raw_limit is not None else (60 if category == "spot" else 500)
+        rows = list(reversed(self.history(category, symbol)))[:limit]   # engine key: the category
+        inst = self.instruments.get((category, symbol))
+        out = [{"execId": eid, "symbol": symbol, "price": inst.fmt.px(price), "size": inst.fmt.qty(q),
+                "side": "Buy" if buy else "Sell", "time": str(ts), "isBlockTrade": False}
+               for eid, _n, price, q, buy, ts in rows if inst is not None]
+        return 200, orjson.dumps({"retCode": 0, "retMsg": "OK", "result": {"category": category, "list": out},
+                                  "retExtInfo": {}, "time": now_ms()})
 
     def make_instrument(self, market: str, native: str) -> Instrument | None:
         row = self.venue.rows.get((BYBIT_CATEGORIES.get(market, ""), native))
@@ -1407,6 +1680,10 @@ class BybitMd(VenueMd):
         if m is None:
             return None
         channel, native = m.group(1), m.group(2)
+        if channel.startswith("orderbook."):
+            # every depth Bybit offers (1/50/200/1000) is served from the one simulated book; the
+            # frames carry the topic each client subscribed to
+            channel = self.book_channel
         if channel == "allLiquidation" and category != "linear":
             return None
         if (BYBIT_CATEGORIES[category], native) not in self.venue.rows:
@@ -1470,14 +1747,14 @@ class BybitMd(VenueMd):
         self.advance(inst)
         fmt = inst.fmt
         if ch == "publicTrade":
-            tid, price, q, buy = inst.trade()
+            exec_id, _n, price, q, buy, _ts = self.new_trade(inst, now)
             if category == "spot":
-                item: dict[str, Any] = {"i": str(2_290_000_000_000_000_000 + tid), "T": now, "p": fmt.px(price),
+                item: dict[str, Any] = {"i": exec_id, "T": now, "p": fmt.px(price),
                                         "v": fmt.qty(q), "S": "Buy" if buy else "Sell", "s": native, "BT": False}
             else:
                 item = {"T": now, "s": native, "S": "Buy" if buy else "Sell", "v": fmt.qty(q), "p": fmt.px(price),
                         "L": "PlusTick" if buy else "MinusTick",
-                        "i": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "BT": False, "seq": inst.cs}
+                        "i": exec_id, "BT": False, "seq": inst.cs}
             if category == "spot":
                 self.deliver(key, targets, lambda topic: orjson.dumps(
                     {"topic": topic, "ts": now, "type": "snapshot", "data": [item]}).decode())
@@ -1515,6 +1792,44 @@ class BybitMd(VenueMd):
             item = {"T": now, "s": native, "S": "Sell" if buy else "Buy", "v": fmt.qty(q), "p": fmt.px(price)}
             self.deliver(key, targets, lambda topic: orjson.dumps(
                 {"topic": topic, "type": "snapshot", "ts": now, "data": [item]}).decode())
+        elif ch.startswith("kline."):
+            interval = ch[6:]
+            k = inst.kline(BYBIT_KLINES[interval], now)
+            candle = {"start": k[0], "end": k[10], "interval": interval, "open": fmt.px(k[1]), "close": fmt.px(k[4]),
+                      "high": fmt.px(k[2]), "low": fmt.px(k[3]), "volume": fmt.qty(k[5]),
+                      "turnover": float_text(k[6], 4), "confirm": bool(k[11]), "timestamp": now}
+            self.deliver(key, targets, lambda topic: orjson.dumps(
+                {"topic": topic, "data": [candle], "ts": now, "type": "snapshot"}).decode())
+
+    # ---- REST
+    def account_ratio_body(self, query: Any) -> tuple[int, bytes]:
+        """GET /v5/market/account-ratio: ``limit`` rows of {symbol, buyRatio, sellRatio, timestamp},
+        newest first, the same values for the same period start on every request."""
+        category, symbol, period = query.get("category"), query.get("symbol"), query.get("period")
+        raw_limit = query.get("limit", "50")
+
+        def error(code: int, msg: str) -> tuple[int, bytes]:
+            return 200, orjson.dumps({"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {},
+                                      "time": now_ms()})
+
+        if category not in ("linear", "inverse"):
+            return error(10001, "category only support linear or inverse")
+        if not symbol or ("perp", symbol) not in self.venue.rows:
+            return error(10001, "params error: symbol invalid")
+        step = BYBIT_RATIO_PERIODS.get(period or "")
+        if step is None:
+            return error(10001, "params error: period invalid")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit[:6]) <= 500:
+            return error(10001, "params error: limit invalid")
+        last = now_ms() // step * step
+        rows = []
+        for i in range(int(raw_limit)):
+            ts = last - i * step
+            buy = 3000 + int(4000 * _h01("bybit", symbol, period, ts))   # share of holders long, 1e-4 units
+            rows.append({"symbol": symbol, "buyRatio": _styled(buy, 4, "strip"),
+                         "sellRatio": _styled(10_000 - buy, 4, "strip"), "timestamp": str(ts)})
+        return 200, orjson.dumps({"retCode": 0, "retMsg": "OK", "result": {"list": rows, "nextPageCursor": ""},
+                                  "retExtInfo": {}, "time": now_ms()})
 
 
 # ============================================================================ Deribit
@@ -1549,6 +1864,50 @@ class DeribitMd(VenueMd):
 
     name = "deribit"
     book_channel = "book"
+    trade_channel = "trades"
+
+    # ---- trades: trade_seq (per instrument, no holes) is the ordered number
+    def trade_record(self, inst: Instrument, tid: int, price: int, q: int, buy: bool, now: int) -> TradeRecord:
+        inst.trade_seq += 1
+        return (str(tid), inst.trade_seq, price, q, buy, now)
+
+    def last_trades_body(self, query: Any, by_time: bool) -> dict[str, Any]:
+        """``public/get_last_trades_by_instrument[_and_time]`` result from the bounded history:
+        ``{"trades": [...], "has_more"}``; bounds inclusive (``start_seq``/``end_seq`` or
+        ``start_timestamp``/``end_timestamp``), ``count`` <= 1000, ``sorting`` asc | desc | default."""
+        name = query.get("instrument_name")
+        parsed = deribit_instrument(name) if name else None
+        if parsed is None:
+            raise SimError(400, "instrument_name: invalid")
+        nums: dict[str, int | None] = {}
+        keys = ("start_timestamp", "end_timestamp") if by_time else ("start_seq", "end_seq")
+        for k in (*keys, "count"):
+            v = query.get(k)
+            if v is not None and (not v.isdigit() or len(v) > 19):
+                raise SimError(400, f"{k}: invalid")
+            nums[k] = int(v) if v is not None else None
+        if by_time and (nums[keys[0]] is None or nums[keys[1]] is None):
+            raise SimError(400, "start_timestamp and end_timestamp are required")
+        count = nums["count"] or 10
+        if not 1 <= count <= 1000:
+            raise SimError(400, "count: must be 1..1000")
+        sorting = query.get("sorting", "default")
+        lo, hi = nums[keys[0]], nums[keys[1]]
+        field = 5 if by_time else 1
+        rows = [r for r in self.history(parsed[0], name)
+                if (lo is None or r[field] >= lo) and (hi is None or r[field] <= hi)]
+        if sorting != "asc":
+            rows.reverse()
+        page, more = rows[:count], len(rows) > count
+        inst = self.instruments.get((parsed[0], name))
+        trades = []
+        for tid, seq, price, q, buy, ts in page:
+            assert inst is not None
+            px = _Fragment(inst.fmt.px(price).encode())
+            trades.append({"timestamp": ts, "price": px, "amount": _Fragment(inst.fmt.qty(q).encode()),
+                           "direction": "buy" if buy else "sell", "index_price": px, "instrument_name": name,
+                           "trade_seq": seq, "mark_price": px, "tick_direction": 0 if buy else 2, "trade_id": tid})
+        return {"trades": trades, "has_more": more}
 
     def make_instrument(self, market: str, native: str) -> Instrument | None:
         if market == "index":
@@ -1744,15 +2103,14 @@ class DeribitMd(VenueMd):
         else:
             self.advance(inst)
             if ch == "trades":
-                tid, price, q, buy = inst.trade()
-                inst.trade_seq += 1
+                tid, seq, price, q, buy, _ts = self.new_trade(inst, now)
                 mark = num(fmt.px(inst.mark()))
                 item = {"timestamp": now, "price": num(fmt.px(price)), "amount": num(fmt.qty(q)),
                         "direction": "buy" if buy else "sell", "index_price": mark, "instrument_name": native,
-                        "trade_seq": inst.trade_seq, "mark_price": mark, "tick_direction": 0 if buy else 2}
+                        "trade_seq": seq, "mark_price": mark, "tick_direction": 0 if buy else 2}
                 if inst.quote == "USD":
                     item["contracts"] = num(_styled(q // 100, 0, "num"))
-                item["trade_id"] = str(tid)
+                item["trade_id"] = tid
                 data = [item]
             else:   # ticker
                 if self.rng.random() < 0.5:

@@ -10,13 +10,20 @@
   ``/api/v3/depth`` is served by ``server._depth`` from the same books.
 - OKX (``attach`` on the OKX venue app): ``/ws/v5/public`` is the venue's handler, whose
   ``ws_message`` is wrapped so market-data args go to the engine and ``instruments`` args to the
-  venue; ``/ws/v5/business`` (candles); REST ``/api/v5/market/books``,
+  venue; ``/ws/v5/business`` (candles, ``trades-all``: one fill per frame, the same fills and ids
+  as REST history-trades); REST ``/api/v5/market/books``,
   ``/api/v5/rubik/stat/contracts/long-short-account-ratio`` (venue faults apply to both).
-- Bybit (``attach`` on the Bybit venue app): ``/v5/public/spot``, ``/v5/public/linear``.
+- Bybit (``attach`` on the Bybit venue app): ``/v5/public/spot``, ``/v5/public/linear`` (klines
+  included); REST ``/v5/market/account-ratio`` (venue faults apply).
 - Deribit (``build_md_app``): ``/ws/api/v2`` JSON-RPC, ``/_sim/stats``, ``/_sim/reset``, ``/_sim/ports``.
+- Trade history (gap fill), from each engine's bounded history (``MdConfig.trade_history``; an
+  instrument keeps trading while unsubscribed, ``idle_trades``): Binance ``/api/v3/historicalTrades``
+  (the spot ``@trade`` tape), ``/api/v3/aggTrades``, ``/fapi/v1/aggTrades``; OKX
+  ``/api/v5/market/history-trades``; Bybit ``/v5/market/recent-trade``; Deribit
+  ``/api/v2/public/get_last_trades_by_instrument[_and_time]``.
 
 Controls on every market-data port (JSON in/out; ``SimulatorClient.md_*``):
-``GET /_sim/md/stats``, ``GET|POST /_sim/md/config``, ``POST /_sim/md/rate``, ``/_sim/md/gap``,
+``GET /_sim/md/stats``, ``GET /_sim/md/trades``, ``GET|POST /_sim/md/config``, ``POST /_sim/md/rate``, ``/_sim/md/gap``,
 ``/_sim/md/checksum`` (OKX), ``/_sim/md/silence``, ``/_sim/md/drop``, ``/_sim/md/reset``.
 """
 
@@ -28,6 +35,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from collector.simulator.listings import NORMAL
@@ -46,6 +54,7 @@ log = logging.getLogger("collector.simulator")
 MD_ONLY_EXCHANGES = ("deribit",)
 #: exchanges with market data
 MD_EXCHANGES = ("binance", "okx", "bybit", "deribit")
+BYBIT_ACCOUNT_RATIO_PATH = "/v5/market/account-ratio"
 MD_KEY: web.AppKey[MdEngine] = web.AppKey("sim_md", MdEngine)
 __all__ = ["MD_ONLY_EXCHANGES", "MD_EXCHANGES", "MD_KEY", "MAX_TOPIC_RATE", "MdConfig", "attach", "build_md_app"]
 _MD_PORTS_KEY: web.AppKey[dict[str, str]] = web.AppKey("sim_md_ports", dict)
@@ -67,6 +76,13 @@ def _control_routes() -> list[web.RouteDef]:
     async def stats(request: web.Request) -> web.Response:
         return _json(request.app[MD_KEY].stats())
 
+    async def trades(request: web.Request) -> web.Response:
+        # read-only: the trade tape of every instrument (fault tests count what was sent)
+        engine = request.app[MD_KEY]
+        return _json({"exchange": engine.name, "instruments": {
+            f"{i.market}:{i.native}": {"first_id": i.first_trade_id, "last_id": i.trade_id, "trades": i.trades}
+            for i in list(engine.instruments.values())[:2000]}})
+
     async def get_config(request: web.Request) -> web.Response:
         return _json(request.app[MD_KEY].apply_config({}))
 
@@ -75,6 +91,7 @@ def _control_routes() -> list[web.RouteDef]:
 
     return [
         web.get("/_sim/md/stats", stats),
+        web.get("/_sim/md/trades", trades),
         web.get("/_sim/md/config", get_config),
         web.post("/_sim/md/config", set_config),
         post("/_sim/md/rate", {"rate": (NUM, ...), "channel": OPT_STR, "symbol": OPT_STR},
@@ -287,6 +304,67 @@ async def _futures_data(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
 
 
+# ---------------------------------------------------------------------------------------- trade history REST
+def _binance_trades_route(path: str, family: str, weight: int, market: str, agg: bool
+                          ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``/api/v3/historicalTrades`` (spot tape), ``/api/v3/aggTrades``, ``/fapi/v1/aggTrades``:
+    ``fromId`` (inclusive) and ``limit`` (<= 1000) over the engine's bounded history."""
+
+    async def handler(request: web.Request) -> web.Response:
+        engine: BinanceMd = request.app[MD_KEY]   # type: ignore[assignment]
+        state = engine.state
+        ok, used, retry_after = state.charge_weight(family, weight)
+        headers = {"X-MBX-USED-WEIGHT": str(used), "X-MBX-USED-WEIGHT-1M": str(used)}
+        if not ok:
+            headers["Retry-After"] = str(retry_after)
+            return _binance_error(-1003, f"Too much request weight used; current limit is "
+                                  f"{state.weight_limit(family)} request weight per 1 MINUTE.", 429, headers)
+        q = request.query
+        symbol = q.get("symbol")
+        if not symbol:
+            return _binance_error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                                  headers=headers)
+        raw_limit, raw_from = q.get("limit", "500"), q.get("fromId")
+        for name, raw in (("limit", raw_limit), ("fromId", raw_from)):
+            if raw is not None and (not raw.isdigit() or len(raw) > 19):
+                return _binance_error(-1100, f"Illegal characters found in parameter '{name}'; legal range is "
+                                      "'^[0-9]{1,20}$'.", headers=headers)
+        limit = int(raw_limit)
+        if not 1 <= limit <= 1000:
+            return _binance_error(-1130, "Data sent for parameter 'limit' is not valid.", headers=headers)
+        from_id = int(raw_from) if raw_from is not None else None
+        try:
+            body = (engine.agg_trades_body(market, symbol, from_id, limit) if agg
+                    else engine.historical_trades_body(symbol, from_id, limit))
+        except SimError:
+            return _binance_error(-1121, "Invalid symbol.", headers=headers)
+        return web.Response(body=body, headers={"Content-Type": JSON_CT, **headers})
+
+    return handler
+
+
+OKX_HISTORY_TRADES_PATH = "/api/v5/market/history-trades"
+BYBIT_RECENT_TRADE_PATH = "/v5/market/recent-trade"
+DERIBIT_TRADES_PATHS = {"/api/v2/public/get_last_trades_by_instrument": False,
+                        "/api/v2/public/get_last_trades_by_instrument_and_time": True}
+
+
+async def _deribit_last_trades(request: web.Request) -> web.Response:
+    """JSON-RPC over HTTP GET, as Deribit serves its public methods."""
+    engine: DeribitMd = request.app[MD_KEY]   # type: ignore[assignment]
+    us = time.time_ns() // 1000
+    try:
+        result = engine.last_trades_body(request.query, DERIBIT_TRADES_PATHS[request.path])
+    except SimError as exc:
+        engine.counters["errors_sent"] += 1
+        return web.Response(status=400, content_type="application/json", text=json.dumps(
+            {"jsonrpc": "2.0", "error": {"message": "Invalid params", "data": {"reason": exc.message}, "code": -32602},
+             "usIn": us, "usOut": us + 5, "usDiff": 5, "testnet": False}, separators=(",", ":")))
+    body = orjson.dumps({"jsonrpc": "2.0", "result": result, "usIn": us, "usOut": us + 9, "usDiff": 9,
+                         "testnet": False})
+    return web.Response(body=body, headers={"Content-Type": JSON_CT})
+
+
 # ---------------------------------------------------------------------------------------- wiring
 def attach(app: web.Application, name: str, *, state: Any = None, venue: Any = None,
            config: MdConfig | None = None, seed: int | None = None) -> MdEngine | None:
@@ -297,6 +375,10 @@ def attach(app: web.Application, name: str, *, state: Any = None, venue: Any = N
         app.add_routes([
             web.get("/fapi/v1/depth", _fapi_depth),
             web.get("/fapi/v1/openInterest", _fapi_open_interest),
+            web.get("/fapi/v1/aggTrades", _binance_trades_route("/fapi/v1/aggTrades", "fapi", 20, "usdm", True)),
+            web.get("/api/v3/aggTrades", _binance_trades_route("/api/v3/aggTrades", "spot", 4, "spot", True)),
+            web.get("/api/v3/historicalTrades",
+                    _binance_trades_route("/api/v3/historicalTrades", "spot", 25, "spot", False)),
             *(web.get(path, _futures_data) for path in LONG_SHORT_KINDS),
         ])
     elif name == "okx":
@@ -307,6 +389,7 @@ def attach(app: web.Application, name: str, *, state: Any = None, venue: Any = N
         venue.route_handlers[OKX_BOOKS_PATH] = lambda q, mode: okx.books_body(q.get("instId"), q.get("sz"),
                                                                               empty=mode.empty)
         venue.route_handlers[OKX_RUBIK_PATH] = lambda q, mode: okx.long_short_body(q.get("ccy"), q.get("period"))
+        venue.route_handlers[OKX_HISTORY_TRADES_PATH] = lambda q, mode: okx.history_trades_body(q)
 
         async def rest(request: web.Request) -> web.Response:
             status, body = venue.route_handlers[request.path](request.query, request.get("sim_mode", NORMAL))
@@ -315,12 +398,24 @@ def attach(app: web.Application, name: str, *, state: Any = None, venue: Any = N
         app.add_routes([
             web.get(OKX_BOOKS_PATH, rest),
             web.get(OKX_RUBIK_PATH, rest),
+            web.get(OKX_HISTORY_TRADES_PATH, rest),
             web.get("/ws/v5/business", _ws_route("business", lambda e, c, t: e.request(c, "business", t))),
         ])
     elif name == "bybit":
-        engine = BybitMd(venue, config, seed)
+        bybit = BybitMd(venue, config, seed)
+        engine = bybit
+        # in the venue's REST table, so its middleware counts and faults the route like the others
+        venue.route_handlers[BYBIT_ACCOUNT_RATIO_PATH] = lambda q, mode: bybit.account_ratio_body(q)
+
+        async def bybit_rest(request: web.Request) -> web.Response:
+            status, body = venue.route_handlers[request.path](request.query, request.get("sim_mode", NORMAL))
+            return web.Response(body=body, status=status, headers={"Content-Type": JSON_CT})
+
         app.add_routes([web.get(f"/v5/public/{category}", _ws_route(category, lambda e, c, t: e.request(c, t)))
                         for category in ("spot", "linear")])
+        app.add_routes([web.get(BYBIT_ACCOUNT_RATIO_PATH, bybit_rest)])
+        venue.route_handlers[BYBIT_RECENT_TRADE_PATH] = lambda q, mode: bybit.recent_trade_body(q)
+        app.add_routes([web.get(BYBIT_RECENT_TRADE_PATH, bybit_rest)])
     else:
         return None
     app[MD_KEY] = engine
@@ -360,6 +455,7 @@ def build_md_app(name: str, ports: dict[str, str] | None = None, config: MdConfi
 
     app.add_routes([
         web.get("/ws/api/v2", _ws_route("deribit", lambda e, c, t: e.request(c, t))),
+        *(web.get(path, _deribit_last_trades) for path in DERIBIT_TRADES_PATHS),
         web.get("/_sim/stats", stats),
         web.post("/_sim/reset", reset),
         web.get("/_sim/ports", ports_handler),

@@ -140,6 +140,31 @@ def ranges_to_ids(ranges: list[list[int]]) -> list[int]:
     return out
 
 
+def delivered_ids(sim, symbol: str) -> list[int]:
+    """The trade ids the simulator delivered to at least one subscriber (its own record)."""
+    s = sim.stats()["symbols"].get(symbol)
+    return ranges_to_ids(s["delivered_ranges"]) if s else []
+
+
+def settle_tape(client, sim, symbol: str, stream: str, timeout: float = 30.0) -> tuple[list[int], list[int]]:
+    """Stop ``symbol``'s trades, wait until Redis holds as many as were delivered:
+    (ids the simulator delivered, ids in the stream in stream order)."""
+    sim.set_trade_rate(0, symbol)
+    time.sleep(0.5)
+    want = delivered_ids(sim, symbol)
+    wait_until(lambda: client.xlen(stream) >= len(want), timeout=timeout,
+               what=f"{len(want)} delivered trades in {stream}")
+    time.sleep(0.5)
+    return want, trade_ids(client, stream)
+
+
+def assert_exactly_once_in_order(want: list[int], got: list[int]) -> None:
+    """Every delivered trade stored once, none extra, in order."""
+    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} duplicated"
+    assert sorted(got) == want, f"{len(set(want) - set(got))} lost, {len(set(got) - set(want))} extra"
+    assert got == want, "out of order"
+
+
 def wait_stream_len(client, stream: str, n: int, timeout: float = 20.0) -> int:
     return wait_until(lambda: (client.xlen(stream) >= n) and client.xlen(stream), timeout=timeout,
                       what=f"{n} entries in {stream} (have {client.xlen(stream)})")

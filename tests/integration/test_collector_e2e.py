@@ -15,7 +15,7 @@ import pytest
 
 from collector.simulator.client import SimulatorClient, start_simulator_process, stop_simulator_process
 from tests.conftest import wait_until
-from tests.integration.harness import CollectorProcess, ranges_to_ids, stream_entries, trade_ids
+from tests.integration.harness import CollectorProcess, delivered_ids, stream_entries, trade_ids
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +63,6 @@ def collector(short_tmp: Path, redis_server, sim):
 def wait_connected(c: CollectorProcess, sim: SimulatorClient, timeout: float = 15.0) -> None:
     wait_until(lambda: c.child("binance").get("connection") == "connected"
                and sim.stats()["connections"]["open"] >= 1, timeout=timeout, what="binance WS connected")
-
-
-def delivered_ids(sim: SimulatorClient, symbol: str) -> list[int]:
-    s = sim.stats()["symbols"].get(symbol)
-    return ranges_to_ids(s["delivered_ranges"]) if s else []
 
 
 def wait_all_delivered(client, sim: SimulatorClient, symbol: str, stream: str, timeout: float = 20.0) -> list[int]:

@@ -201,10 +201,13 @@ def test_events_land_in_order_with_exact_fields_dedup_and_maxlen(redis_server, s
     assert entry == {"type": "trade", "exchange": "binance", "market": "spot", "symbol": "BTC-USDT",
                      "native_symbol": "BTCUSDT", "trade_id": "1", "price": "101.5", "qty": "0.01",
                      "side": "buy", "ts_exchange": "1700000000001", "ts_receive": "1700000000101"}
-    # after the dedup window the same key is new again
+    # an event without a monotonic id is deduplicated by its key within the window only: after
+    # the window the same key is new again. One with a monotonic id (Binance trade id) stays a
+    # duplicate: it is not above its stream's high-watermark in Redis
     time.sleep(1.1)
-    w.events([trade(1)])
-    wait_until(lambda: r.xlen(STREAM) == 101, what="re-sent trade after window")
+    w.events([trade(1)[:5], trade(2)])
+    wait_until(lambda: r.xlen(STREAM) == 101, what="re-sent trade without mono id after window")
+    pub.stats(lambda s: s["streams"]["binance|trade"]["deduped"] == 51, what="trade 2 a duplicate")
     # MAXLEN ~ 200 trims the stream (approximately: whole nodes of 100 entries); one big frame
     w.events([trade(1000 + i) for i in range(3000)])
     wait_until(lambda: trade_ids(r)[-1:] == [3999], what="last trade of the burst")
@@ -292,8 +295,12 @@ def test_redis_down_then_back_delivers_everything_in_order_once(redis_server, sh
     assert s["streams"]["binance|trade"]["pushed"] == n and s["streams"]["binance|trade"]["dropped"] == 0
 
 
-def test_buffer_overflow_drops_new_events_and_counts_them(redis_server, short_tmp, procs) -> None:
-    settings = make_settings(short_tmp, redis_server.url, buffer_max_events=100)
+def test_full_buffer_stops_reading_and_loses_nothing(redis_server, short_tmp, procs) -> None:
+    """A full buffer is backpressure, not loss: the publisher stops reading from the worker (whose
+    unacknowledged batches stay with it) and takes the rest once Redis drains the buffer.
+    (Without the disk spool: with it, a full buffer while Redis is down spills instead, see
+    tests/integration/test_spool_delivery.py.)"""
+    settings = make_settings(short_tmp, redis_server.url, buffer_max_events=100, spool_enabled=False)
     pub = procs.publisher(settings)
     w = procs.worker(settings)
     r = redis_server.client()
@@ -301,13 +308,17 @@ def test_buffer_overflow_drops_new_events_and_counts_them(redis_server, short_tm
     pub.stats(lambda s: s["redis"] == "down", what="redis down")
     for k in range(0, 300, 50):
         w.events([trade(i) for i in range(k, k + 50)])
-    s = pub.stats(lambda s: s["streams"].get("binance|trade", {}).get("in") == 300)
-    assert s["streams"]["binance|trade"]["dropped"] == 200 and s["buffered"] == 100
-    assert s["buffer_limit"] == 100
+    s = pub.stats(lambda s: s["buffered"] == 100)
+    time.sleep(0.5)  # the rest waits in the socket, not in the publisher
+    s = pub.stats()
+    assert s["streams"]["binance|trade"]["in"] == 100 and s["buffered"] == 100
+    assert s["streams"]["binance|trade"]["dropped"] == 0 and s["buffer_limit"] == 100
     redis_server.start()
-    wait_until(lambda: r.xlen(STREAM) == 100, timeout=15, what="the buffered 100")
+    wait_until(lambda: r.xlen(STREAM) == 300, timeout=15, what="all 300")
     time.sleep(0.3)
-    assert trade_ids(r) == list(range(100))  # the oldest kept, the newest dropped
+    assert trade_ids(r) == list(range(300))
+    s = pub.stats(lambda s: s["streams"]["binance|trade"]["in"] == 300)
+    assert s["streams"]["binance|trade"]["pushed"] == 300 and s["streams"]["binance|trade"]["dropped"] == 0
 
 
 def test_command_error_drops_only_that_event(redis_server, short_tmp, procs) -> None:
@@ -466,7 +477,8 @@ def test_sigterm_flushes_buffer_and_exits_0(redis_server, short_tmp, procs) -> N
 
 
 def test_sigterm_with_redis_down_reports_lost_events_and_exits_1(redis_server, short_tmp, procs) -> None:
-    settings = make_settings(short_tmp, redis_server.url, shutdown_timeout=2.0)
+    # without the disk spool (with it they are spooled: test_spool_delivery.py)
+    settings = make_settings(short_tmp, redis_server.url, shutdown_timeout=2.0, spool_enabled=False)
     pub = procs.publisher(settings)
     w = procs.worker(settings)
     redis_server.stop()
@@ -477,7 +489,7 @@ def test_sigterm_with_redis_down_reports_lost_events_and_exits_1(redis_server, s
     pub.sigterm()
     assert pub.join(20) == 1
     text = settings.log_file("publisher").read_text()
-    assert "37 events could not be written to Redis and are lost" in text
+    assert "37 events could not be written to Redis (never acknowledged)" in text
 
 
 # ---------------------------------------------------------------------------- secrets

@@ -191,10 +191,12 @@ def test_binance_spot_channels_rest_snapshot_and_one_gap_marker(ports: dict[str,
                 feed.assert_clean()
                 assert feed.markers == []
                 classes = feed.classes()
-                assert {"trade", "bbo", "kline", "ticker"} <= set(classes), classes
-                # aggTrade and trade land as trades; the trade tape's ids run 1, 2, 3 ...
+                assert {"trade", "agg_trade", "bbo", "kline", "ticker"} <= set(classes), classes
+                # @trade lands as trades, spot @aggTrade as the agg_trade tape (aggregate ids contiguous)
                 trades = feed.of("trade", "BTC-USDT")
                 assert all(t["side"] in ("buy", "sell") and float(t["price"]) > 0 for t in trades)
+                aggs = [int(t["trade_id"]) for t in feed.of("agg_trade", "BTC-USDT")]
+                assert aggs and aggs == list(range(aggs[0], aggs[0] + len(aggs))), aggs[:20]
                 bbo = feed.of("bbo", "ETH-USDT")[-1]
                 assert float(bbo["bid_price"]) < float(bbo["ask_price"]) and int(bbo["update_id"]) > 0
                 kline = feed.of("kline", "BTC-USDT")[-1]

@@ -9,8 +9,6 @@ and every trade B received must be in Redis.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 import socket
 import sys
 import threading

@@ -14,12 +14,14 @@ from workers.channel import PublisherChannel
 
 
 class UnixServer:
-    """Stands in for the publisher: records every frame; ``reading=False`` reads the hello and
-    then never reads again (a wedged publisher)."""
+    """Stands in for the publisher: records every frame and acks each ``events`` frame at once
+    (``acking=False``: never acks, like a publisher whose Redis is down); ``reading=False`` reads
+    the hello and then never reads again (a wedged publisher)."""
 
-    def __init__(self, path: Path, *, reading: bool = True) -> None:
+    def __init__(self, path: Path, *, reading: bool = True, acking: bool = True) -> None:
         self.path = path
         self.reading = reading
+        self.acking = acking
         self.frames: list[dict] = []
         self.eofs = 0
         self.connections = 0
@@ -55,6 +57,10 @@ class UnixServer:
                     self.eofs += 1
                     return
                 self.frames.append(msg)
+                if self.acking and msg.get("t") == "events":
+                    ipc.write_frame(writer, {"t": "ack", "seq": msg["seq"]})
+                elif msg.get("t") == "resume?":   # like a publisher over an empty Redis
+                    ipc.write_frame(writer, {"t": "resume", "hwm": {}, "last": {}})
         except (ConnectionError, ipc.FrameError, asyncio.CancelledError):
             return
 
@@ -104,7 +110,8 @@ def test_hello_then_batches_with_seq(short_tmp: Path) -> None:
         # once (adaptive batching) instead of holding it for the 1 s flush timer
         await until(lambda: len(server.events()) == 25, timeout=0.5, what="two full batches and the partial one")
         hello, *frames = server.frames
-        assert hello == {"t": "hello", "exchange": "binance", "pid": os.getpid()}
+        assert hello == {"t": "hello", "exchange": "binance", "pid": os.getpid(), "producer": ch.producer}
+        assert ch.producer.startswith(f"binance.{os.getpid()}-")
         assert [(f["t"], f["exchange"], f["seq"], len(f["events"])) for f in frames] == \
             [("events", "binance", 1, 10), ("events", "binance", 2, 10), ("events", "binance", 3, 5)]
         await ch.close(time.monotonic() + 2)
@@ -330,7 +337,9 @@ def test_worker_runtime_delivers_trades_and_instruments_and_stops_cleanly(short_
         assert set(stats) - {"loop_lag_ms"} == {
             "exchange", "events_out", "drops", "parse_errors", "rejected", "ws_connections", "ws_reconnects",
             "ws_stale", "rest_calls", "rest_errors", "last_message_at", "last_event_at", "connection", "stale",
-            "circuit", "channel", "queued_batches", "last_error", "push_connections", "push_updates"}
+            "circuit", "channel", "queued_batches", "last_error", "push_connections", "push_updates",
+            # the trade stream runs on the market-data path (gap fill, resume)
+            "subscription_failures", "book_gaps", "book_resyncs", "books", "md"}
         assert stats["exchange"] == "binance" and stats["connection"] == "connected"
         assert stats["channel"] == "connected" and stats["circuit"] == "CLOSED"
         assert stats["ws_connections"] == 1 and stats["rest_calls"] >= 1 and stats["parse_errors"] == 1
@@ -405,6 +414,54 @@ def test_backpressure_yields_while_room_and_waits_bounded_when_full(short_tmp: P
         assert 0.15 <= waited < 1.0, waited
         assert ch.drops > 0  # beyond the bound, batches are dropped and counted
         await ch.close(time.monotonic() + 0.5)
+        await server.stop()
+
+    run(main())
+
+
+def test_unacked_batches_are_sent_again_in_order_after_a_reconnect(short_tmp: Path) -> None:
+    async def main():
+        sock = short_tmp / "pub.sock"
+        first = await UnixServer(sock, acking=False).start()  # takes batches, never confirms
+        ch = chan(sock, flush_interval=0.05)
+        ch.start()
+        for i in range(25):
+            ch.put(ev(i))
+        await until(lambda: len(first.events()) == 25, what="3 batches at the first publisher")
+        assert ch.stats()["unacked_batches"] == 3 and ch.events_acked == 0
+        await first.stop()  # the publisher dies with them unconfirmed
+        await until(lambda: not ch.connected, what="disconnect noticed")
+        for i in range(25, 35):
+            ch.put(ev(i))
+        second = await UnixServer(sock).start()
+        await until(lambda: ch.events_acked == 35, what="all acked by the second publisher")
+        hello, *frames = second.frames
+        assert hello["producer"] == first.frames[0]["producer"] == ch.producer  # same producer id
+        # the unacknowledged batches first, in order, then the new one
+        assert [f["seq"] for f in frames] == [1, 2, 3, 4]
+        assert second.event_ids() == list(range(35))
+        assert ch.stats()["unacked_batches"] == 0 and ch.batches_resent == 3 and ch.drops == 0
+        await ch.close(time.monotonic() + 2)
+        assert ch.unconfirmed == 0
+        await second.stop()
+
+    run(main())
+
+
+def test_unacked_window_bounds_what_is_written(short_tmp: Path) -> None:
+    async def main():
+        sock = short_tmp / "pub.sock"
+        server = await UnixServer(sock, acking=False).start()
+        ch = PublisherChannel("binance", sock, ChannelSettings(batch_size=10, flush_interval=0.05,
+                                                               max_queued_batches=100, max_unacked_batches=2))
+        ch.start()
+        for i in range(50):
+            ch.put(ev(i))
+        await until(lambda: len(server.events()) == 20, what="two batches (the window)")
+        await asyncio.sleep(0.2)
+        assert len(server.events()) == 20 and ch.queued_batches() == 3 and ch.drops == 0
+        await ch.close(time.monotonic() + 0.3)  # never acked: counted as unconfirmed, the rest dropped
+        assert ch.unconfirmed == 20 and ch.drops == 30
         await server.stop()
 
     run(main())

@@ -83,13 +83,23 @@ def test_spot_trade() -> None:
     assert r.events[0][1] == "t:binance:spot:BTCUSDT:6720857582"
 
 
-def test_spot_agg_trade_uses_agg_id() -> None:
-    got = [one(spot(x)) for x in frames(SPOT_DIR, "aggTrade.json")]
-    assert [pick(e, "symbol", "trade_id", "price", "qty", "side", "ts_exchange") for e in got] == [
-        ("NKN-USDT", "15683430", "0.35280000", "58.00000000", "buy", "1633998523963"),
-        ("LRC-BTC", "9213679", "0.00000638", "177.00000000", "buy", "1633998534486"),
-        ("BTC-USDT", "640283266", "58942.01000000", "0.00035600", "buy", "1616176861893"),
+def test_spot_agg_trade_is_its_own_tape_keyed_by_the_agg_id() -> None:
+    f = frames(SPOT_DIR, "aggTrade.json")
+    got = [one(spot(x)) for x in f]
+    assert [pick(e, "type", "symbol", "trade_id", "price", "qty", "side", "ts_exchange") for e in got] == [
+        ("agg_trade", "NKN-USDT", "15683430", "0.35280000", "58.00000000", "buy", "1633998523963"),
+        ("agg_trade", "LRC-BTC", "9213679", "0.00000638", "177.00000000", "buy", "1633998534486"),
+        ("agg_trade", "BTC-USDT", "640283266", "58942.01000000", "0.00035600", "buy", "1616176861893"),
     ]
+    # stream, dedup key (its own prefix: aggregate ids are not trade ids), stream class and mono_id
+    # (the aggregate id, contiguous per symbol: the stream's high-watermark applies)
+    ev = spot(f[2]).events[0]
+    assert ev[0] == "md:agg_trade:binance:spot:BTC-USDT"
+    assert ev[1] == "at:binance:spot:BTCUSDT:640283266"
+    assert (ev[2], ev[5]) == ("agg_trade", "640283266")
+    # the same id on the @trade tape is another event, in another stream, with another key
+    t = spot('{"e":"trade","E":1,"s":"BTCUSDT","t":640283266,"p":"1","q":"1","T":1,"m":true}').events[0]
+    assert (t[0], t[1], t[2]) == ("md:trade:binance:spot:BTC-USDT", "t:binance:spot:BTCUSDT:640283266", "trade")
 
 
 def test_spot_book_ticker_without_event_type() -> None:
@@ -115,7 +125,7 @@ def test_spot_combined_stream() -> None:
     assert (b.native_symbol, b.snapshot, b.seq, b.first_seq, b.prev_seq) == ("NKNUSDT", False, 499869752, 499869750, None)
     assert b.asks == [] and b.bids[0] == ("0.35130000", "6195.00000000")
     assert one(spot(f[1]))["type"] == "bbo"
-    assert pick(one(spot(f[2])), "type", "trade_id") == ("trade", "15683430")
+    assert pick(one(spot(f[2])), "type", "trade_id") == ("agg_trade", "15683430")
     assert pick(one(spot(f[3])), "type", "interval", "close") == ("kline", "1m", "0.35280000")
 
 
@@ -262,7 +272,10 @@ def test_usdm_agg_trade_2026_fields() -> None:
         ("perp", "BTC-USDT", "3141966230", "68005.00", "2.695", "sell", "1771263510041"),
         ("perp", "CTK-USDT", "16599292", "1.01100", "10", "buy", "1626992741421"),
     ]
-    assert perp(frames(USDM_DIR, "aggTrade.json")[0]).events[0][0] == "md:trade:binance:perp:BTC-USDT"
+    # USD-M aggregates are the perp trade tape (type, stream, class, key: trade)
+    ev = perp(frames(USDM_DIR, "aggTrade.json")[0]).events[0]
+    assert ev[:3] == ["md:trade:binance:perp:BTC-USDT", "t:binance:perp:BTCUSDT:3478018549", "trade"]
+    assert got[0]["type"] == "trade"
 
 
 def test_usdm_trade_skips_non_market() -> None:
@@ -528,6 +541,36 @@ def test_shared_results_not_mutated() -> None:
 
 
 # ------------------------------------------------------------------ builders
+
+def test_spot_agg_trade_subscription() -> None:
+    from shared.settings import ExchangeSettings
+    from workers.exchanges import get_adapter
+
+    def cfg(**kw) -> ExchangeSettings:
+        return ExchangeSettings(**{"market_data": True, "symbols": ["BTC-USDT", "ETH-USDT"], **kw})
+
+    def streams(c: ExchangeSettings) -> dict[str, list[str]]:
+        return {f.label: s for f, s in bm.market_data_feeds(c)}
+
+    # asked for alone: the spot @aggTrade stream of each symbol, nothing on USD-M
+    assert streams(cfg(channels=["agg_trade"])) == {"md spot": ["btcusdt@aggTrade", "ethusdt@aggTrade"]}
+    # every channel (the default): both spot tapes; USD-M keeps its one aggTrade stream (the trade tape)
+    every = streams(cfg(kline_intervals=["1m"]))
+    assert [s for s in every["md spot"] if "rade" in s] == ["btcusdt@trade", "btcusdt@aggTrade", "ethusdt@trade",
+                                                         "ethusdt@aggTrade"]
+    assert [s for s in every["md perp market"] if "rade" in s] == ["btcusdt@aggTrade", "ethusdt@aggTrade"]
+    # a trade tape needs trades: true
+    assert "btcusdt@aggTrade" not in streams(cfg(trades=False))["md spot"]
+    # not on USD-M, nor on any other exchange: a one-line configuration error
+    assert bm.market_data_problem(cfg(channels=["agg_trade"], markets=["perp"])) == (
+        "channels: agg_trade not available on binance perp (available: bbo, book, funding, kline, liquidation, "
+        "long_short, open_interest, ticker, trade; agg_trade is spot only: USDⓈ-M trades are aggregates already "
+        "(trade))")
+    assert bm.market_data_problem(cfg(channels=["agg_trade"])) is None
+    for name in ("okx", "bybit", "deribit"):
+        problem = get_adapter(name).market_data_problem(cfg(channels=["agg_trade", "trade"]))
+        assert problem is not None and problem.startswith(f"channels: agg_trade not available on {name}"), problem
+
 
 def test_stream_names() -> None:
     assert [bm.stream_name("BTCUSDT", c) for c in

@@ -381,5 +381,209 @@ def test_malformed_payloads_are_data_errors() -> None:
 
 
 def test_other_topics_are_data_without_events() -> None:
-    r = parse(frame({"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": 1, "data": []}))
+    r = parse(frame({"topic": "insurance.USDT", "type": "snapshot", "ts": 1, "data": []}))
     assert r.data and r.events == [] and r.parse_errors == 0
+
+
+# ---- klines ----
+
+def test_kline_docs_example() -> None:
+    r = parse(frames("kline.json")[0])
+    [(stream, dedup, cls, fields, rx_ns)] = r.events
+    f = fields_to_dict(fields)
+    assert (stream, cls, rx_ns, r.topic) == ("md:kline_5m:bybit:perp:BTC-USDT", "kline", RX_NS, "kline.5.BTCUSDT")
+    # open candle: the event time is part of the dedup key (every update is kept)
+    assert dedup == "k:bybit:perp:BTCUSDT:5m:1672324800000:1672324988882"
+    assert {k: f[k] for k in ("market", "symbol", "native_symbol", "interval", "open_time", "close_time", "open",
+                              "high", "low", "close", "volume", "quote_volume", "trades", "closed", "ts_exchange",
+                              "ts_receive")} == {
+        "market": "perp", "symbol": "BTC-USDT", "native_symbol": "BTCUSDT", "interval": "5m",
+        "open_time": "1672324800000", "close_time": "1672325099999", "open": "16649.5", "high": "16677",
+        "low": "16608", "close": "16677", "volume": "2.081", "quote_volume": "34666.4005", "trades": "0",
+        "closed": "0", "ts_exchange": "1672324988882", "ts_receive": str(RX_MS)}
+
+
+def test_kline_live_linear_and_spot_frames() -> None:
+    raws = frames("kline.json")
+    [f] = events(raws[1])
+    assert (f["interval"], f["open_time"], f["close_time"], f["open"], f["high"], f["low"], f["close"],
+            f["volume"], f["quote_volume"], f["closed"]) == \
+        ("1m", "1790409720000", "1790409779999", "84045", "84045", "84017.8", "84017.8", "7.316", "614833.7084", "0")
+    [f] = events(raws[2], SPOT)   # spot: type before topic; key order never matters
+    assert (f["market"], f["symbol"], f["interval"], f["open"], f["high"], f["quote_volume"], f["ts_exchange"]) == \
+        ("spot", "BTC-USDT", "1m", "50803.82", "50803.84", "26099.95921086", "1714102192562")
+
+
+def test_kline_confirm_closes_the_candle() -> None:
+    [(stream, dedup, _, fields, _)] = parse(frames("kline.json")[3]).events
+    f = fields_to_dict(fields)
+    assert stream == "md:kline_1m:bybit:perp:BTC-USDT"
+    assert dedup == "k:bybit:perp:BTCUSDT:1m:1672324800000:c"   # one closed candle per interval+open time
+    assert (f["closed"], f["close"], f["close_time"]) == ("1", "16695", "1672324859999")
+
+
+@pytest.mark.parametrize("interval,ours", sorted(bybit_md.KLINE_INTERVALS.items()))
+def test_kline_interval_names(interval: str, ours: str) -> None:
+    msg = elements("kline.json")[0]
+    msg["topic"], msg["data"][0]["interval"] = f"kline.{interval}.BTCUSDT", interval
+    [f] = events(frame(msg))
+    assert f["interval"] == ours
+    assert bybit_md.kline_topic("BTCUSDT", ours) == f"kline.{interval}.BTCUSDT"
+
+
+def test_kline_malformed_and_hostile() -> None:
+    base = elements("kline.json")[0]
+    for mutate in (lambda m: m["data"][0].__setitem__("confirm", "true"),
+                   lambda m: m["data"][0].__setitem__("start", 1.5),
+                   lambda m: m["data"][0].__setitem__("close", "1e5"),
+                   lambda m: m["data"][0].__setitem__("turnover", 5),
+                   lambda m: m["data"][0].__setitem__("interval", "1"),   # disagrees with the topic
+                   lambda m: m["data"].__setitem__(0, "x")):
+        msg = json.loads(json.dumps(base))
+        mutate(msg)
+        r = parse(frame(msg))
+        assert r.parse_errors == 1 and r.events == [] and r.data, msg
+    for topic in ("kline.2.BTCUSDT", "kline.5", "kline"):
+        r = parse(frame({**base, "topic": topic}))
+        assert r.parse_errors == 1 and r.events == [] and r.data
+    for mutate in (lambda m: m.__setitem__("data", {"a": 1}), lambda m: m.__setitem__("ts", "x")):
+        msg = json.loads(json.dumps(base))
+        mutate(msg)
+        assert parse(frame(msg)).parse_errors == 1
+    for native in ("ETHUSDT", "*", "x" * 10_000, "БТЦ", "BTCUSDT.x"):
+        r = parse(frame({**base, "topic": f"kline.5.{native}"}))
+        assert r.rejected == 1 and r.events == [] and r.data
+    # a good candle next to a bad one: the good one is published, the bad one counted
+    msg = json.loads(json.dumps(base))
+    msg["data"].append({**msg["data"][0], "open": None})
+    r = parse(frame(msg))
+    assert len(r.events) == 1 and r.parse_errors == 1
+    with pytest.raises(ValueError):
+        bybit_md.kline_topic("BTCUSDT", "8h")
+
+
+# ---- open interest and funding from the linear ticker ----
+
+def test_ticker_snapshot_publishes_open_interest_and_funding() -> None:
+    p = BybitParser(LINEAR, bybit_md.TICKER_TYPES)
+    r = p.parse(frames("tickers_linear.json")[0], RX_NS, RX_MS)
+    by_class = {w[2]: (w[0], w[1], fields_to_dict(w[3])) for w in r.events}
+    assert sorted(by_class) == ["funding", "open_interest", "ticker"]
+    stream, dedup, f = by_class["open_interest"]
+    assert (stream, dedup) == ("md:open_interest:bybit:perp:BTC-USDT", "oi:bybit:perp:BTCUSDT:1680673821770")
+    assert (f["open_interest"], f["open_interest_value"], f["open_interest_ccy"], f["ts_exchange"]) == \
+        ("52774.528", "1506861070.82", "", "1680673821770")
+    stream, dedup, f = by_class["funding"]
+    assert (stream, dedup) == ("md:funding:bybit:perp:BTC-USDT", "f:bybit:perp:BTCUSDT:1680681600000:1680673821770")
+    assert (f["funding_rate"], f["next_funding_time"], f["mark_price"], f["index_price"]) == \
+        ("0.0001", "1680681600000", "28552.81", "28562.25")
+
+
+def test_ticker_delta_publishes_only_what_changed() -> None:
+    p = BybitParser(LINEAR, bybit_md.TICKER_TYPES)
+    snap = elements("tickers_linear.json")[0]
+    snap["topic"], snap["data"]["symbol"] = "tickers.BTCUSD", "BTCUSD"
+    p.parse(frame(snap), RX_NS, RX_MS)
+    r = p.parse(frames("tickers_linear.json")[1], RX_NS, RX_MS)   # openInterest and fundingRate changed
+    got = {w[2]: fields_to_dict(w[3]) for w in r.events}
+    assert sorted(got) == ["funding", "open_interest", "ticker"]
+    # merged values: the new open interest with the snapshot's value in quote, funding time from before
+    assert (got["open_interest"]["open_interest"], got["open_interest"]["open_interest_value"]) == \
+        ("449736674", "1506861070.82")
+    assert (got["funding"]["funding_rate"], got["funding"]["next_funding_time"]) == ("0.0001", "1680681600000")
+    price_only = {"topic": "tickers.BTCUSD", "type": "delta", "cs": 5, "ts": 1680673822876,
+                  "data": {"symbol": "BTCUSD", "lastPrice": "28561.00"}}
+    assert [w[2] for w in p.parse(frame(price_only), RX_NS, RX_MS).events] == ["ticker"]
+    # open interest wanted without the ticker: only the open-interest events
+    q = BybitParser(LINEAR, frozenset({"open_interest"}))
+    assert [w[2] for w in q.parse(frames("tickers_linear.json")[0], RX_NS, RX_MS).events] == ["open_interest"]
+    # spot tickers carry neither
+    s = BybitParser(SPOT, bybit_md.TICKER_TYPES)
+    assert [w[2] for w in s.parse(frames("tickers_spot.json")[0], RX_NS, RX_MS).events] == ["ticker"]
+
+
+# ---- long/short account ratio (REST) ----
+
+def test_rest_account_ratio_docs_example() -> None:
+    body = frames("rest_account_ratio.json")[0]
+    r = bybit_md.parse_rest_account_ratio(body, LINEAR, "1h", RX_NS, RX_MS)
+    assert r.parse_errors == 0 and r.rejected == 0 and r.error is None and r.data
+    assert [(w[0], w[1], w[2]) for w in r.events] == [   # oldest first
+        ("md:long_short_global_account:bybit:perp:BTC-USDT", "ls:global_account:bybit:perp:BTCUSDT:1h:1696258800000",
+         "long_short"),
+        ("md:long_short_global_account:bybit:perp:BTC-USDT", "ls:global_account:bybit:perp:BTCUSDT:1h:1696262400000",
+         "long_short")]
+    got = [fields_to_dict(w[3]) for w in r.events]
+    assert [(f["kind"], f["period"], f["ratio"], f["long_pct"], f["short_pct"], f["ts_exchange"], f["ts_receive"])
+            for f in got] == [
+        ("global_account", "1h", "0.9712", "0.4927", "0.5073", "1696258800000", str(RX_MS)),
+        ("global_account", "1h", "0.9608", "0.49", "0.51", "1696262400000", str(RX_MS))]
+    # already-parsed bodies work too (v3 docs example: same rows)
+    [w] = bybit_md.parse_rest_account_ratio(elements("rest_account_ratio.json")[1], LINEAR, "1d", RX_NS, RX_MS).events
+    assert fields_to_dict(w[3])["ratio"] == "1.3680"
+
+
+def test_rest_account_ratio_errors_and_hostile_rows() -> None:
+    parse_ratio = bybit_md.parse_rest_account_ratio
+    r = parse_ratio({"retCode": 10001, "retMsg": "params error: period invalid", "result": {}}, LINEAR, "5m", 0, 0)
+    assert r.error == "bybit error 10001: params error: period invalid" and r.events == []
+    for garbage in (b"", b"not json", "[1]", {"retCode": 0, "result": {"list": "x"}}, {"retCode": 0}):
+        r = parse_ratio(garbage, LINEAR, "5m", 0, 0)
+        assert r.parse_errors == 1 and r.events == [] and r.error is None
+    body = elements("rest_account_ratio.json")[0]
+    rows = body["result"]["list"]
+    rows += [{**rows[0], "symbol": "x" * 5000}, {**rows[0], "symbol": "ETHUSDT"}, {**rows[0], "buyRatio": 0.5},
+             {**rows[0], "timestamp": "soon"}, {**rows[0], "symbol": None}, "row", {**rows[0], "sellRatio": "0"}]
+    r = parse_ratio(body, LINEAR, "5m", 0, 0)
+    assert (len(r.events), r.rejected, r.parse_errors) == (3, 2, 4)
+    assert fields_to_dict(r.events[0][3])["ratio"] == ""   # sellRatio 0: no ratio, shares kept
+    with pytest.raises(ValueError):
+        parse_ratio(body, LINEAR, "2h", 0, 0)
+    assert bybit_md.account_ratio_url("BTCUSDT", "1d") == \
+        "https://api.bybit.com/v5/market/account-ratio?category=linear&symbol=BTCUSDT&period=1d&limit=1"
+    with pytest.raises(ValueError):
+        bybit_md.account_ratio_url("BTCUSDT", "2h")
+
+
+# ---- declarations ----
+
+def _cfg(**kw):
+    from shared.settings import ExchangeSettings
+    return ExchangeSettings(**{"market_data": True, "symbols": ["BTC-USDT", "ETH-USDC"], **kw})
+
+
+def test_feeds_subscribe_klines_and_one_tickers_topic_per_symbol() -> None:
+    (spot, s1), (linear, s2) = bybit_md.market_data_feeds(_cfg(kline_intervals=["1m", "1h", "1d"]))
+    assert s1 == ["publicTrade.BTCUSDT", "orderbook.1000.BTCUSDT", "kline.1.BTCUSDT", "kline.60.BTCUSDT",
+                  "kline.D.BTCUSDT", "tickers.BTCUSDT",
+                  "publicTrade.ETHUSDC", "orderbook.1000.ETHUSDC", "kline.1.ETHUSDC", "kline.60.ETHUSDC",
+                  "kline.D.ETHUSDC", "tickers.ETHUSDC"]
+    assert s2[:7] == ["publicTrade.BTCUSDT", "orderbook.1000.BTCUSDT", "kline.1.BTCUSDT", "kline.60.BTCUSDT",
+                      "kline.D.BTCUSDT", "allLiquidation.BTCUSDT", "tickers.BTCUSDT"]
+    assert s2.count("tickers.ETHPERP") == 1 and len(s2) == 14
+    assert spot.parser.ticker_types == {"ticker"} and linear.parser.ticker_types == bybit_md.TICKER_TYPES
+    assert not linear.watch_topic("kline.1.BTCUSDT") and linear.watch_topic("tickers.BTCUSDT")
+    (only,) = bybit_md.market_data_feeds(_cfg(channels=["funding"]))
+    assert only[1] == ["tickers.BTCUSDT", "tickers.ETHPERP"] and only[0].parser.ticker_types == {"funding"}
+
+
+def test_long_short_polls_and_problems() -> None:
+    polls = bybit_md.market_data_polls(_cfg(long_short_period="15m", rest_poll_interval=30))
+    assert [(p.url, p.weight, p.interval, p.label) for p in polls] == [
+        ("https://api.bybit.com/v5/market/account-ratio?category=linear&symbol=BTCUSDT&period=15min&limit=1", 1,
+         30.0, "long_short_global_account BTCUSDT"),
+        ("https://api.bybit.com/v5/market/account-ratio?category=linear&symbol=ETHPERP&period=15min&limit=1", 1,
+         30.0, "long_short_global_account ETHPERP")]
+    [w] = polls[0].parse(frames("rest_account_ratio.json")[1], 1, 2).events
+    assert fields_to_dict(w[3])["period"] == "15m"
+    # many symbols: the poll interval stretches so the polls stay under LONG_SHORT_MAX_RATE
+    many = bybit_md.market_data_polls(_cfg(symbols=[f"C{i}-USDT" for i in range(300)]))
+    assert len(many) == 300 and many[0].interval == 300 / bybit_md.LONG_SHORT_MAX_RATE
+    assert bybit_md.market_data_polls(_cfg(channels=["trade"])) == []
+    assert bybit_md.market_data_polls(_cfg(markets=["spot"])) == []
+    assert bybit_md.market_data_problem(_cfg()) is None
+    assert bybit_md.market_data_problem(_cfg(kline_intervals=["1m", "8h"])) == "kline_intervals: 8h not available on bybit"
+    assert bybit_md.market_data_problem(_cfg(long_short_period="2h")) == \
+        "long_short_period: bybit has 5m, 15m, 30m, 1h, 4h, 1d only"
+    assert bybit_md.market_data_problem(_cfg(long_short_period="2h", markets=["spot"])) is None
+    assert bybit_md.market_data_problem(_cfg(channels=["bbo"])).startswith("channels: bbo not available on bybit")

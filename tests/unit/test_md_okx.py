@@ -77,9 +77,10 @@ def test_trades(i: int) -> None:
     raw = frames("trades.json")[i]
     r = parse(raw)
     assert r.data and len(r.events) == 1
-    stream, dedup, cls, fields, rx_ns = r.events[0]
+    stream, dedup, cls, fields, rx_ns, mono = r.events[0]
     f = fields_to_dict(fields)
     market, symbol, native, tid, px, sz, side, ts = TRADES[i]
+    assert mono == tid  # OKX trade ids grow per instrument: the cross-node dedup id
     assert (f["market"], f["symbol"], f["native_symbol"], f["trade_id"], f["price"], f["qty"], f["side"],
             f["ts_exchange"]) == (market, symbol, native, tid, px, sz, side, ts)
     assert f["exchange"] == "okx" and f["ts_receive"] == str(RX_MS) and rx_ns == RX_NS and cls == "trade"
@@ -92,6 +93,61 @@ def test_trades_all_channel_is_parsed_like_trades() -> None:
     msg["arg"]["channel"] = "trades-all"
     [f] = events(frame(msg))
     assert (f["trade_id"], f["price"], f["side"]) == ("219066264", "43568.8", "buy")
+
+
+def test_trades_all_docs_frame() -> None:
+    # one fill per push (no ``count``), ``source`` 0 = a normal order: the same row REST
+    # history-trades returns, so live and gap-filled trades share ids and dedup keys
+    [raw] = frames("trades_all.json")
+    r = parse(raw)
+    assert r.data and r.topic == "trades-all:BTC-USDT" and r.parse_errors == 0 and r.rejected == 0
+    [(stream, dedup, cls, fields, rx_ns, mono)] = r.events
+    f = fields_to_dict(fields)
+    assert (stream, dedup, cls, mono, rx_ns) == ("md:trade:okx:spot:BTC-USDT", "t:okx:spot:BTC-USDT:130639474",
+                                                 "trade", "130639474", RX_NS)
+    assert (f["exchange"], f["market"], f["symbol"], f["native_symbol"], f["trade_id"], f["price"], f["qty"],
+            f["side"], f["ts_exchange"], f["ts_receive"]) == (
+        "okx", "spot", "BTC-USDT", "BTC-USDT", "130639474", "42219.9", "0.12060306", "buy", "1630048897897",
+        str(RX_MS))
+    assert f.get("source", "") == ""   # a live trade (``rest`` marks gap-filled ones)
+    # the same fill from REST history-trades: identical dedup key, so the publisher keeps one
+    rest = okx_md.parse_rest_trades({"code": "0", "msg": "", "data": [elements("trades_all.json")[0]["data"][0]]},
+                                    "BTC-USDT", SYMBOLS, RX_NS, RX_MS)
+    assert [w[1] for w in rest.events] == [dedup] and fields_to_dict(rest.events[0][3])["source"] == "rest"
+    # several fills in one push (allowed by the envelope) are each a trade
+    two = elements("trades_all.json")[0]
+    two["data"].append({**two["data"][0], "tradeId": "130639475", "side": "sell"})
+    assert [e["trade_id"] for e in events(frame(two))] == ["130639474", "130639475"]
+
+
+def test_trade_subscription_is_trades_all_on_the_business_feed() -> None:
+    from shared.settings import ExchangeSettings
+
+    cfg = ExchangeSettings(market_data=True, symbols=["BTC-USDT"], markets=["spot", "perp"],
+                           channels=["trade", "book", "ticker", "kline"], kline_intervals=["1m"])
+    (public, pub_streams), (business, biz_streams) = okx_md.market_data_feeds(cfg)
+    assert (public.business, business.business) == (False, True)
+    assert not [s for s in pub_streams if s.partition(":")[0] in ("trades", "trades-all")]
+    assert biz_streams == ["trades-all:BTC-USDT", "candle1m:BTC-USDT", "trades-all:BTC-USDT-SWAP",
+                           "candle1m:BTC-USDT-SWAP"]
+    assert business.ws_url(biz_streams) == "wss://ws.okx.com:8443/ws/v5/business"
+    assert public.ws_url(pub_streams) == "wss://ws.okx.com:8443/ws/v5/public"
+    [sub] = [orjson.loads(m) for m in business.subscribe_messages(biz_streams[:1])]
+    assert sub == {"op": "subscribe", "args": [{"channel": "trades-all", "instId": "BTC-USDT"}]}
+    unsub, resub = (orjson.loads(m) for m in business.resubscribe_messages(["trades-all:BTC-USDT-SWAP"]))
+    assert unsub == {"op": "unsubscribe", "args": [{"channel": "trades-all", "instId": "BTC-USDT-SWAP"}]}
+    assert resub["op"] == "subscribe" and resub["args"] == unsub["args"]
+    # the business connection keeps alive like the public one (cut after 30 s idle: text ping)
+    assert business.keepalive == public.keepalive and business.keepalive.text_ping == "ping"
+    assert business.keepalive.interval < 30
+    assert (business.max_send_rate, business.connect_rate, business.resubscribe_rate) == (
+        public.max_send_rate, public.connect_rate, public.resubscribe_rate)
+    # trades are event-driven: no per-topic freshness watch; the frame's topic names the stream
+    assert not business.watch_topic("trades-all:BTC-USDT") and business.watch_topic("candle1m:BTC-USDT")
+    assert business.book_stream("spot", "BTC-USDT") is None
+    [raw] = frames("trades_all.json")
+    assert business.parse_ws_message(raw, RX_NS, RX_MS).topic == biz_streams[0]
+    assert okx_md.trade_stream_native(biz_streams[2]) == "BTC-USDT-SWAP"
 
 
 # ---- books ----
@@ -484,7 +540,7 @@ TRADE = {"arg": {"channel": "trades", "instId": "BTC-USDT"},
 def test_unknown_or_hostile_symbols_are_rejected(inst_id: str) -> None:
     msg = json.loads(json.dumps(TRADE))
     msg["arg"]["instId"] = msg["data"][0]["instId"] = inst_id
-    for channel in ("trades", "books", "tickers", "funding-rate", "candle1m"):
+    for channel in ("trades-all", "trades", "books", "tickers", "funding-rate", "candle1m"):
         msg["arg"]["channel"] = channel
         r = parse(frame(msg))
         assert r.rejected == 1 and r.events == [] and r.books == [] and r.data

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from shared.events import fields_to_dict
-from shared.settings import ConfigError, ExchangeSettings, Settings, load_settings
+from shared.settings import DEFAULT_MAXLEN, ConfigError, ExchangeSettings, Settings, load_settings
 from tests.conftest import FIXTURES, serve_app
 from workers.exchanges import get_adapter
 from workers.exchanges.base import ExchangeAdapter
@@ -351,14 +351,17 @@ def test_deribit_subscribes_sets_heartbeat_and_answers_test_request() -> None:
         await ws.send_str(dumps(ticker))
 
     async def main():
-        async with Runner("deribit", script, symbols=["BTC-USD"], channels=["ticker", "trade", "volatility_index"]) as r:
+        # book + volatility_index together: the DVOL index shares the symbol map but has no book
+        async with Runner("deribit", script, symbols=["BTC-USD"],
+                          channels=["ticker", "trade", "book", "volatility_index"]) as r:
             await until(lambda: len(r.server.sent(0)) >= 3 and r.of("ticker"), what="the answer and the ticker")
             set_hb, subscribe, answer = r.server.sent(0)[:3]
             assert r.server.ws_paths == ["/ws/api/v2"]
             assert (set_hb["method"], set_hb["params"]) == ("public/set_heartbeat", {"interval": 30})
             assert subscribe["method"] == "public/subscribe"
-            assert subscribe["params"]["channels"] == ["ticker.BTC-PERPETUAL.100ms", "trades.BTC-PERPETUAL.100ms",
-                                                       "deribit_volatility_index.btc_usd"]
+            assert sorted(subscribe["params"]["channels"]) == [
+                "book.BTC-PERPETUAL.100ms", "deribit_volatility_index.btc_usd", "ticker.BTC-PERPETUAL.100ms",
+                "trades.BTC-PERPETUAL.100ms"]
             assert answer == hb[3]   # {"jsonrpc":"2.0","id":9099,"method":"public/test","params":{}}
             tk = r.of("ticker")[0]
             assert tk["_stream"] == "md:ticker:deribit:perp:BTC-USD"
@@ -536,7 +539,9 @@ def test_binance_feeds_route_usdm_streams_and_size_snapshots() -> None:
     assert [(f.label, f.max_send_rate) for f, _ in feeds] == [("md spot", 5.0), ("md perp public", 10.0),
                                                               ("md perp market", 10.0)]
     (spot, s1), (public, s2), (market, s3) = feeds
-    assert s1 == ["btcusdt@trade", "btcusdt@depth@100ms", "btcusdt@bookTicker", "btcusdt@ticker", "btcusdt@kline_1m"]
+    # spot: both trade tapes, @trade (trade) and @aggTrade (agg_trade)
+    assert s1 == ["btcusdt@trade", "btcusdt@aggTrade", "btcusdt@depth@100ms", "btcusdt@bookTicker", "btcusdt@ticker",
+                  "btcusdt@kline_1m"]
     assert public.ws_url(s2) == "wss://fstream.binance.com/public/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
     assert s3 == ["btcusdt@aggTrade", "btcusdt@ticker", "btcusdt@kline_1m", "btcusdt@markPrice@1s",
                   "btcusdt@forceOrder"]
@@ -574,7 +579,7 @@ def test_okx_and_bybit_declarations() -> None:
     (spot, topics), _ = bybit.market_data_feeds(md_cfg(symbols=syms, channels=["trade", "book"]))
     msgs = [json.loads(m) for m in spot.subscribe_messages(topics)]
     assert [len(m["args"]) for m in msgs] == [10, 2]   # spot: at most 10 args per request
-    assert bybit.market_data_problem(md_cfg(channels=["funding"])).startswith("channels: funding not available")
+    assert bybit.market_data_problem(md_cfg(channels=["bbo"])).startswith("channels: bbo not available")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,8 +598,8 @@ def test_worker_configuration_of_market_data() -> None:
     assert _configure("deribit", symbols=["BTC-USD"]).startswith("config error: exchanges.deribit: nothing to collect")
     assert _configure("coinbase", symbols=["BTC-USD"], market_data=True).startswith(
         "config error: exchanges.coinbase.market_data: no market data for coinbase")
-    assert _configure("bybit", symbols=["BTC-USDT"], market_data=True, channels=["kline"]).startswith(
-        "config error: exchanges.bybit.channels: kline not available on bybit")
+    assert _configure("bybit", symbols=["BTC-USDT"], market_data=True, channels=["volatility_index"]).startswith(
+        "config error: exchanges.bybit.channels: volatility_index not available on bybit")
     assert _configure("binance", symbols=["BTC-USDT"], market_data=True, kline_intervals=["1s"]) == \
         "config error: exchanges.binance.kline_intervals: 1s klines exist on binance spot only"
     assert _configure("deribit", symbols=["BTC-USDT"], market_data=True, markets=["spot"]) is None
@@ -603,6 +608,23 @@ def test_worker_configuration_of_market_data() -> None:
     worker = Worker("deribit", Settings(exchanges={"deribit": {"enabled": True, "symbols": ["BTC-USD"],
                                                                "market_data": True}}))
     assert worker.configure() is None and not worker.listings_on
+
+
+def test_trades_only_config_runs_on_the_market_data_path() -> None:
+    # the default Binance worker (trades, no market_data) gets the md path's gap fill and resume
+    worker = Worker("binance", Settings(exchanges={"binance": {"enabled": True, "symbols": ["BTC-USDT"],
+                                                               "listings": False}}))
+    assert worker.configure() is None and worker.wants_md
+    assert worker.md_cfg is not None
+    assert (worker.md_cfg.channels, worker.md_cfg.markets, worker.md_cfg.market_data) == (["trade"], ["spot"], True)
+    assert worker.cfg is not None and worker.cfg.market_data is False   # the user's settings untouched
+    feeds = worker.adapter.market_data_feeds(worker.md_cfg)
+    assert [(feed.market, streams) for feed, streams in feeds] == [("spot", ["btcusdt@trade"])]
+    assert worker.adapter.market_data_polls(worker.md_cfg) == []
+    # trades off: nothing of the kind
+    worker = Worker("binance", Settings(exchanges={"binance": {"enabled": True, "symbols": ["BTC-USDT"],
+                                                               "trades": False}}))
+    assert worker.configure() is None and not worker.wants_md and worker.md_cfg is None
 
 
 @pytest.mark.parametrize("override, field", [
@@ -638,3 +660,7 @@ def test_market_data_defaults_and_maxlen() -> None:
     assert (maxlen["trade"], maxlen["book"], maxlen["book_delta"], maxlen["kline"], maxlen["default"]) == \
         (500, 10_000, 100_000, 10_000, 100_000)
     assert ExchangeSettings(channels=["trade", "book"], trades=False).md_channels(("trade", "book", "bbo")) == ["book"]
+    # agg_trade is a trade tape too; by default (channels: null) both tapes where supported
+    assert ExchangeSettings(trades=False).md_channels(("trade", "agg_trade", "book")) == ["book"]
+    assert ExchangeSettings().md_channels(("trade", "agg_trade", "book")) == ["trade", "agg_trade", "book"]
+    assert (maxlen["agg_trade"], DEFAULT_MAXLEN["agg_trade"]) == (100_000, 100_000)

@@ -34,7 +34,8 @@ def test_canonical_and_native() -> None:
 
 def test_trade_wire_format() -> None:
     t = Trade("binance", "spot", "BTC-USDT", "BTCUSDT", "42", "83034.29000000", "0.00062000", "sell", 1790649901913, 1790649901920)
-    stream, dedup, cls, fields, rx = t.to_wire(123)
+    stream, dedup, cls, fields, rx, mono = t.to_wire(123)
+    assert mono == "42"  # Binance trade ids grow per symbol: the cross-node dedup id
     assert stream == "md:trade:binance:spot:BTC-USDT"
     assert dedup == "t:binance:spot:BTCUSDT:42"
     assert cls == "trade" and rx == 123

@@ -72,6 +72,9 @@ class FakeProcess:
         self.signals.append("KILL")
         self._exitcode = -signal.SIGKILL
 
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(signal.Signals(sig).name.removeprefix("SIG"))
+
     def close(self) -> None:
         self.closed = True
 
@@ -128,9 +131,12 @@ class Rig:
     def start(self, name: str = "binance") -> None:
         self.sup.spawn(self.child(name), self.clock(), "test start")
 
-    def ready(self, name: str = "binance") -> None:
+    def ready(self, name: str = "binance", dumps: Any = None) -> None:
         c = self.child(name)
-        self.sup.on_child_message(c, c.incarnation, {"t": "ready", "pid": c.pid})
+        msg = {"t": "ready", "pid": c.pid}
+        if dumps is not None:
+            msg["dumps"] = dumps
+        self.sup.on_child_message(c, c.incarnation, msg)
 
     def beat(self, name: str = "binance", **stats: Any) -> None:
         c = self.child(name)
@@ -279,10 +285,96 @@ def test_hung_child_without_beats_is_killed_as_a_crash(tmp_path: Path) -> None:
         rig.tick(1)
     assert proc.signals == []
     rig.tick(31)  # no more beats
-    assert proc.signals == ["KILL"]
+    assert proc.signals == ["KILL"], "no dump signal announced in `ready`: SIGKILL at once"
     rig.tick()
     c = rig.child()
     assert c.state is S.BACKOFF and "hung" in c.last_error and c.total_restarts == 1
+    assert c.hung_kills == 1 and c.last_dump is None
+
+
+DUMPS = {"signal": int(signal.SIGUSR1), "file": "/var/log/collector/binance.log"}
+
+
+@pytest.mark.parametrize("name", ["binance", "publisher"])
+def test_hung_child_is_dumped_then_killed_after_the_grace(tmp_path: Path, name: str) -> None:
+    rig = Rig(tmp_path, beat_timeout=30.0, hung_dump_grace=0.5)
+    dumps = {"signal": int(signal.SIGUSR1), "file": f"/var/log/collector/{name}.log"}
+    rig.start(name)
+    rig.ready(name, dumps=dumps)
+    c, proc = rig.child(name), rig.proc(name)
+    rig.beat(name, events_out=1)
+    rig.tick(30)
+    assert proc.signals == [], "30 s without a beat is not yet over the timeout"
+    rig.tick(1)
+    assert proc.signals == ["USR1"], "the stack dump is asked for first"
+    assert c.state is S.RUNNING and c.hung_kills == 1
+    rig.beat(name, events_out=2)  # a late beat does not undo the decision
+    rig.tick(0.4)
+    assert proc.signals == ["USR1"], "SIGKILL waits for the grace"
+    rig.tick(0.11)
+    assert proc.signals == ["USR1", "KILL"]
+    rig.tick()
+    assert c.state is S.BACKOFF and c.total_restarts == 1
+    assert c.last_error == f"hung: no heartbeat for 31s; stacks dumped to {name}.log"
+    assert c.last_exit == f"killed by SIGKILL (hung: no heartbeat for 31s; stacks dumped to {name}.log)"
+    st = rig.sup.status()["children"][name]
+    assert st["hung_kills"] == 1 and st["restarts"] == 1
+    assert st["last_dump"]["file"] == dumps["file"] and st["last_dump"]["pid"] == proc.pid
+    assert st["last_dump"]["signal"] == "SIGUSR1"
+    assert rig.sup.metrics_snapshot()["children"][name]["hung_kills"] == 1
+    # the replacement starts without the old dump settings until its own `ready`
+    rig.tick(c.next_start_at - rig.clock() + 0.01)
+    assert c.state is S.STARTING and c.dump_signal is None and c.kill_at is None
+    rig.ready(name, dumps=dumps)
+    new = rig.proc(name)
+    for _ in range(40):
+        rig.beat(name, events_out=1)
+        rig.tick(1)
+    assert new.signals == [] and c.state is S.RUNNING
+    assert st["last_dump"] == rig.sup.status()["children"][name]["last_dump"], "kept after restart"
+
+
+def test_hung_dump_grace_zero_kills_at_once(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, beat_timeout=5.0, hung_dump_grace=0.0)
+    rig.start()
+    rig.ready(dumps=DUMPS)
+    rig.tick(6)
+    assert rig.proc().signals == ["KILL"]
+    assert rig.child().hung_kills == 1 and rig.child().last_dump is None
+
+
+@pytest.mark.parametrize("dumps", [
+    {"signal": int(signal.SIGKILL), "file": "x.log"},   # only the user signals are accepted
+    {"signal": int(signal.SIGTERM), "file": "x.log"},   # (a SIGTERM would start a graceful stop)
+    {"signal": "SIGUSR1", "file": "x.log"},
+    {"signal": int(signal.SIGUSR1), "file": 5},
+    ["SIGUSR1"],
+])
+def test_malformed_dump_announcements_are_ignored(tmp_path: Path, dumps: Any) -> None:
+    rig = Rig(tmp_path, beat_timeout=5.0)
+    rig.start()
+    rig.ready(dumps=dumps)
+    assert rig.child().state is S.RUNNING and rig.child().dump_signal is None
+    rig.tick(6)
+    assert rig.proc().signals == ["KILL"]
+
+
+def test_stop_during_the_dump_grace_still_kills_at_the_grace(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, beat_timeout=5.0, hung_dump_grace=2.0, stop_timeout=10.0)
+    rig.start()
+    rig.ready(dumps=DUMPS)
+    proc = rig.proc()
+    rig.tick(6)
+    assert proc.signals == ["USR1"]
+    rig.sup.stop("binance")  # the operator gives up on it meanwhile
+    assert rig.child().state is S.STOPPING and proc.signals == ["USR1", "TERM"]
+    rig.tick(1.0)
+    assert proc.signals == ["USR1", "TERM"]
+    rig.tick(1.1)
+    assert proc.signals == ["USR1", "TERM", "KILL"], "the hung kill does not wait for stop_timeout"
+    rig.tick()
+    c = rig.child()
+    assert c.state is S.STOPPED and c.total_restarts == 0 and c.hung_kills == 1
 
 
 def test_recycle_after_k_consecutive_samples_is_not_a_crash(tmp_path: Path) -> None:
@@ -519,6 +611,10 @@ def dummy_child(name: str, workdir: str, mode: str, status_sock) -> None:
 
         if mode == "config":
             return EXIT_CONFIG
+        if mode == "hang":
+            from shared.child import enable_stack_dumps
+
+            enable_stack_dumps(work / f"{name}.log")
         await link.start(stats)
         leak = work / f"leak-{name}"
         hoard = None
@@ -527,6 +623,11 @@ def dummy_child(name: str, workdir: str, mode: str, status_sock) -> None:
             hoard = bytearray(b"\x01") * (200 * 1024 * 1024)  # touched pages: real RSS
         (work / f"ready-{name}-{os.getpid()}").write_text("")  # before `ready`: no race with the test
         link.ready()
+        hang_marker = work / f"hung-{name}"
+        if mode == "hang" and not hang_marker.exists():
+            hang_marker.write_text(str(os.getpid()))
+            await asyncio.sleep(0.3)
+            _dummy_block_loop()
         await link.stop_requested.wait()
         if mode == "slowstop":
             await asyncio.sleep(0.3)
@@ -535,6 +636,11 @@ def dummy_child(name: str, workdir: str, mode: str, status_sock) -> None:
         return 0
 
     sys.exit(run_child(name, main, status_sock))
+
+
+def _dummy_block_loop() -> None:
+    while True:
+        time.sleep(3600)
 
 
 def real_supervisor(tmp: Path, modes: dict[str, str], **cfg: Any) -> Supervisor:
@@ -591,6 +697,64 @@ def test_real_children_ready_kill9_restart_and_graceful_sigterm(short_tmp: Path)
     stopped = {n: float((short_tmp / f"stopped-{n}").read_text()) for n in ("publisher", "w1", "w2")}
     assert stopped["publisher"] > max(stopped["w1"], stopped["w2"]), "workers stop before the publisher"
     assert not sup.settings.control_socket.exists()
+
+
+def test_real_hung_child_is_dumped_killed_and_replaced(short_tmp: Path) -> None:
+    sup = real_supervisor(short_tmp, {"publisher": "ok", "w1": "hang"}, beat_timeout=1.0,
+                          hung_dump_grace=0.5, backoff_initial=0.1)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(sup.run())
+        w1 = sup.children["w1"]
+        await wait_for(lambda: w1.hung_kills >= 1, what="the hang noticed")
+        await wait_for(lambda: w1.state is S.RUNNING and w1.total_restarts == 1, what="w1 replaced")
+        sup.request_shutdown()
+        assert await asyncio.wait_for(task, timeout=30) == 0
+
+    asyncio.run(scenario())
+    w1 = sup.children["w1"]
+    hung_pid = int((short_tmp / "hung-w1").read_text())
+    assert w1.hung_kills == 1 and w1.last_dump is not None and w1.last_dump["pid"] == hung_pid
+    assert w1.last_dump["file"] == str(short_tmp / "w1.log")
+    assert w1.last_exit == "exit 0", "the replacement stopped gracefully"
+    dump = (short_tmp / "w1.log").read_text()
+    # faulthandler's format: the blocked thread's stack, innermost call first
+    assert "(most recent call first)" in dump
+    assert 'line' in dump and "in _dummy_block_loop" in dump and "test_supervisor.py" in dump
+    assert sup.children["publisher"].hung_kills == 0
+
+
+def _rotate_then_dump(run_dir: str) -> None:
+    """In a fresh process: log until the file rotates, then ask ourselves for a stack dump."""
+    import logging
+
+    from collector.logs import setup_logging
+    from shared.child import DUMP_SIGNAL, stack_dumps_target
+
+    settings = Settings(run_dir=Path(run_dir), log_max_bytes=4096, log_backups=2, http={"enabled": False})
+    setup_logging(settings, "w1")
+    log_file = settings.log_file("w1")
+    for i in range(200):
+        logging.getLogger("w1").info("line %d %s", i, "x" * 60)
+        if log_file.with_name("w1.log.1").exists():
+            break
+    assert stack_dumps_target() == str(log_file)
+    os.kill(os.getpid(), DUMP_SIGNAL)  # the handler runs in C, before kill() returns to Python
+    logging.getLogger("w1").info("still alive after the dump")
+
+
+def test_stack_dumps_follow_the_log_file_across_rotation(short_tmp: Path) -> None:
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=_rotate_then_dump, args=(str(short_tmp),))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0
+    logs = short_tmp / "logs"
+    current, rotated = (logs / "w1.log").read_text(), (logs / "w1.log.1").read_text()
+    assert "(most recent call first)" in current and "in _rotate_then_dump" in current
+    assert current.index("in _rotate_then_dump") < current.index("still alive after the dump")
+    assert "most recent call first" not in rotated, "not written into the rotated file"
 
 
 def test_real_leaking_child_is_recycled_not_crashed(short_tmp: Path) -> None:

@@ -10,6 +10,8 @@ Wire facts relied on (fixtures/ws/SOURCES.md sections 1-2, research/exchange-qui
   the symbol only lives in the stream name. On futures it is a ``depthUpdate`` with ``U/u/pu``.
 - spot ``bookTicker`` has no ``e``; futures has ``e/E/T``.
 - futures ``@trade`` with ``X`` != MARKET (insurance fund, ADL) is not a market trade.
+- spot ``@aggTrade`` (aggregate id ``a``, contiguous per symbol) is its own tape, ``agg_trade``,
+  beside ``@trade``; USD-M ``@aggTrade`` is the perp ``trade`` tape (no public ``@trade`` route).
 - 2026 frames add ``st``, ``ps``, ``nq``, ``ap`` (futures): ignored.
 - USD-M is routed: ``/public`` (depth, bookTicker) and ``/market`` (everything else).
 """
@@ -92,6 +94,19 @@ def _error_text(msg: dict) -> str:
     code, text = msg.get("code"), msg.get("msg")
     text = text[:200] if isinstance(text, str) else repr(text)[:200]
     return f"binance error {code if type(code) is int else '?'}: {text}"
+
+
+def _rest_body(body: Any, kind: type) -> tuple[Any, ParseResult | None]:
+    """A REST body decoded and checked to be a ``kind`` (dict or list): (body, None), or (None, the
+    result to return: malformed, or Binance's ``{"code", "msg"}`` error)."""
+    ok, body = _loads(body)
+    if not ok:
+        return None, _MALFORMED
+    if type(body) is dict and "code" in body and "msg" in body:
+        return None, ParseResult(error=_error_text(body))
+    if type(body) is not kind:
+        return None, _MALFORMED
+    return body, None
 
 
 def _merge(results: list[ParseResult]) -> ParseResult:
@@ -195,7 +210,7 @@ def _trade(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int
     trade = Trade(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
                   trade_id=str(tid), price=price, qty=qty,
                   side="sell" if maker else "buy",  # m = buyer is maker, so the taker sold
-                  ts_exchange=ts, ts_receive=rx_ms)
+                  ts_exchange=ts, ts_receive=rx_ms, stream_type=trade_stream_type(market, agg))
     return ParseResult(events=[trade.to_wire(rx_ns)], data=True)
 
 
@@ -387,11 +402,9 @@ def parse_depth_snapshot(body: Any, native: str, symbols: Symbols, rx_ms: int) -
     entry = symbols.get(native) if type(native) is str else None
     if entry is None:
         return _REJECTED
-    ok, body = _loads(body)
-    if not ok or type(body) is not dict:
-        return _MALFORMED
-    if "code" in body and "msg" in body:
-        return ParseResult(error=_error_text(body))
+    body, failed = _rest_body(body, dict)
+    if failed is not None:
+        return failed
     seq = body.get("lastUpdateId")
     bids, asks = _levels(body.get("bids")), _levels(body.get("asks"))
     if type(seq) is not int or bids is None or asks is None:
@@ -404,11 +417,9 @@ def parse_depth_snapshot(body: Any, native: str, symbols: Symbols, rx_ms: int) -
 
 def parse_open_interest(body: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
     """``/fapi/v1/openInterest`` -> :class:`OpenInterest` (contracts = base units on USD-M)."""
-    ok, body = _loads(body)
-    if not ok or type(body) is not dict:
-        return _MALFORMED
-    if "code" in body and "msg" in body:
-        return ParseResult(error=_error_text(body))
+    body, failed = _rest_body(body, dict)
+    if failed is not None:
+        return failed
     native = body.get("symbol")
     entry = _entry(symbols, native)
     if entry is False:
@@ -448,13 +459,9 @@ def parse_long_short_ratio(body: Any, kind: str, period: str, symbols: Symbols, 
     ``kind`` (top_position | top_account | global_account) and ``period`` are the request's."""
     if kind not in LONG_SHORT_PATHS or period not in STAT_PERIODS:
         raise ValueError(f"bad long/short kind or period: {kind!r} {period!r}")
-    ok, body = _loads(body)
-    if not ok:
-        return _MALFORMED
-    if type(body) is dict and "code" in body and "msg" in body:
-        return ParseResult(error=_error_text(body))
-    if type(body) is not list:
-        return _MALFORMED
+    body, failed = _rest_body(body, list)
+    if failed is not None:
+        return failed
     out = ParseResult(data=True)
     for row in body:
         if type(row) is not dict:
@@ -611,6 +618,82 @@ def long_short_request(native: str, kind: str, period: str, limit: int = 1) -> R
     return RestCall(f"{USDM_REST_BASE}{path}?symbol={native}&period={period}&limit={limit}", 1)
 
 
+# ---------------------------------------------------------------- REST trade history (gap fill)
+#
+# Which tape a Binance trade stream feeds: spot ``@trade`` -> ``trade``, spot ``@aggTrade`` ->
+# ``agg_trade``, USD-M ``@aggTrade`` -> ``trade`` (the perp tape is made of aggregates).
+#
+# After a reconnect the trades missed meanwhile are fetched by id, ascending, ``fromId`` inclusive:
+# - spot ``<s>@trade`` (what we publish on spot): ``GET /api/v3/historicalTrades`` (weight 25,
+#   limit <= 1000; rows ``{id, price, qty, quoteQty, time, isBuyerMaker, isBestMatch}``);
+# - spot ``@aggTrade``: ``GET /api/v3/aggTrades`` (weight 4) and USD-M ``@aggTrade`` (what we
+#   publish on perp): ``GET /fapi/v1/aggTrades`` (weight 20), limit <= 1000; rows ``{a, p, q, f, l,
+#   T, m[, M]}``. Trade ids and aggregate ids both run without holes per symbol.
+
+#: rows per page of the trade history endpoints (their maximum)
+TRADES_PAGE_LIMIT = 1000
+
+
+def trade_stream_type(market: str, agg: bool) -> str:
+    """The stream type of a trade of ``market`` from ``@aggTrade`` (``agg``) or ``@trade``."""
+    return "agg_trade" if agg and market == "spot" else "trade"
+
+
+def trades_history_request(native: str, market: str, from_id: int, limit: int = TRADES_PAGE_LIMIT, *,
+                           agg: bool) -> RestCall:
+    """One page of trades from ``from_id`` (inclusive, oldest first). ``agg``: aggregate trades
+    (USD-M always: it has no public historicalTrades without an API key)."""
+    _check_native(native)
+    if type(from_id) is not int or from_id < 0 or type(limit) is not int or not 1 <= limit <= TRADES_PAGE_LIMIT:
+        raise ValueError(f"bad trade history request: fromId {from_id!r} limit {limit!r}")
+    query = f"symbol={native}&fromId={from_id}&limit={limit}"
+    if market == "spot":
+        if agg:
+            return RestCall(f"{SPOT_REST_BASE}/api/v3/aggTrades?{query}", 4)
+        return RestCall(f"{SPOT_REST_BASE}/api/v3/historicalTrades?{query}", 25)
+    if market in ("perp", "future"):
+        return RestCall(f"{USDM_REST_BASE}/fapi/v1/aggTrades?{query}", 20)
+    raise ValueError(f"unknown market {market!r}")
+
+
+def parse_rest_trades(body: Any, native: str, symbols: Symbols, rx_ns: int, rx_ms: int, *,
+                      agg: bool) -> ParseResult:
+    """A historicalTrades / aggTrades page -> Trade events (``source`` rest), in the body's order
+    (oldest first). Same trade ids, sides, stream and dedup keys as the WebSocket trades of the
+    stream (spot aggregates: the ``agg_trade`` tape)."""
+    entry = symbols.get(native) if type(native) is str else None
+    if entry is None:
+        return _REJECTED
+    body, failed = _rest_body(body, list)
+    if failed is not None:
+        return failed
+    symbol, market = entry
+    out = ParseResult(data=True)
+    stream_type = trade_stream_type(market, agg)
+    keys = ("a", "p", "q", "T", "m") if agg else ("id", "price", "qty", "time", "isBuyerMaker")
+    for row in body:
+        if type(row) is not dict:
+            out.parse_errors += 1
+            continue
+        tid, price, qty, ts, maker = (row.get(k) for k in keys)
+        if type(tid) is not int or not _ts(ts) or type(maker) is not bool or not _udec(price) or not _udec(qty):
+            out.parse_errors += 1
+            continue
+        out.events.append(Trade(exchange=EXCHANGE, market=market, symbol=symbol, native_symbol=native,
+                                trade_id=str(tid), price=price, qty=qty, side="sell" if maker else "buy",
+                                ts_exchange=ts, ts_receive=rx_ms, source="rest",
+                                stream_type=stream_type).to_wire(rx_ns))
+    return out
+
+
+def trade_stream_native(stream: str) -> tuple[str, bool] | None:
+    """(native symbol, aggregate?) of a trade stream (``btcusdt@trade`` / ``@aggTrade``), else None."""
+    name, _, kind = stream.partition("@")
+    if kind not in ("trade", "aggTrade") or not name.isascii() or not name.isalnum():
+        return None
+    return name.upper(), kind == "aggTrade"
+
+
 # ---------------------------------------------------------------- market-data runtime glue
 #
 # What the worker's market-data runner needs (declared per exchange, see base.MARKET_DATA_MODULES):
@@ -620,12 +703,13 @@ def long_short_request(native: str, kind: str, period: str, limit: int = 1) -> R
 
 #: normalized types per market
 MD_SUPPORTED: dict[str, tuple[str, ...]] = {
-    "spot": ("trade", "book", "bbo", "ticker", "kline"),
+    "spot": ("trade", "agg_trade", "book", "bbo", "ticker", "kline"),
     "perp": ("trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short"),
 }
-#: channel -> stream kind per market (USD-M trades: aggTrade, whose route is documented)
+#: channel -> stream kind per market (USD-M trades: aggTrade, whose route is documented; spot has
+#: both tapes, the aggregates as their own type)
 _MD_STREAMS = {
-    "spot": {"trade": "trade", "book": "depth", "bbo": "bookTicker", "ticker": "ticker"},
+    "spot": {"trade": "trade", "agg_trade": "aggTrade", "book": "depth", "bbo": "bookTicker", "ticker": "ticker"},
     "perp": {"trade": "aggTrade", "book": "depth", "bbo": "bookTicker", "ticker": "ticker",
              "funding": "markPrice", "liquidation": "forceOrder"},
 }
@@ -652,7 +736,9 @@ def md_symbols(cfg: Any, market: str) -> dict[str, tuple[str, str]]:
 def market_data_problem(cfg: Any) -> str | None:
     """``setting: why`` when the market-data settings ask for something Binance does not have."""
     markets = _md_markets(cfg)
-    problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED)
+    hint = ("agg_trade is spot only: USDⓈ-M trades are aggregates already (trade)"
+            if "agg_trade" in (cfg.channels or ()) else "")
+    problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED, hint)
     if problem is not None:
         return problem
     have = {c for m in markets for c in MD_SUPPORTED[m]}

@@ -19,22 +19,30 @@ Wire rules (fixtures/ws/SOURCES.md section 5, research/exchange-quirks.md A.4):
   the last full ticker per symbol; spot tickers are snapshots only.
 - ``allLiquidation.{symbol}``: ``S`` is the side of the liquidated POSITION (Buy = a long was
   liquidated), so the liquidation order's side is the opposite.
+- ``kline.{interval}.{symbol}`` (spot and linear; intervals 1 3 5 15 30 60 120 240 360 720 D W M,
+  pushed every 1-60 s): ``data`` is a list of candles that name no symbol (the topic does);
+  ``confirm`` true = the candle's final update.
+- Long/short account ratio: REST ``GET /v5/market/account-ratio`` (linear, inverse; periods 5min
+  15min 30min 1h 4h 1d): ``buyRatio`` / ``sellRatio`` = shares of holders long / short, newest
+  first. The long/short ratio itself is not sent: it is buyRatio / sellRatio (Bybit's definition).
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any, Sequence
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, Callable, Sequence
 
 import orjson
 
-from shared.marketdata import BookMsg, Level, Liquidation, Ticker, Trade
+from shared.marketdata import BookMsg, Funding, Kline, Level, Liquidation, LongShortRatio, OpenInterest, Ticker
 
 from .base import (
     SymbolMap, symbol_entry as _entry,
     KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
 )
-from .okx_md import is_decimal_str, is_safe_id, ms_int, opt_decimal, seq_int
+from .okx_md import (
+    TradeRow, is_decimal_str, is_safe_id, ms_int, opt_decimal, rest_envelope, rest_trade_rows, seq_int, trade_from_row,
+)
 
 EXCHANGE = "bybit"
 
@@ -54,6 +62,18 @@ MAX_ARGS_PER_REQUEST = 100
 MAX_ARGS_CHARS = 21_000
 ORDERBOOK_DEPTHS = {"spot": (1, 50, 200, 1000), "linear": (1, 50, 200, 1000),
                     "inverse": (1, 50, 200, 1000), "option": (25, 100)}
+#: Bybit kline interval -> ours (Kline.interval); D/W/M candles start at UTC boundaries
+KLINE_INTERVALS = {"1": "1m", "3": "3m", "5": "5m", "15": "15m", "30": "30m", "60": "1h", "120": "2h",
+                   "240": "4h", "360": "6h", "720": "12h", "D": "1d", "W": "1w", "M": "1M"}
+INTERVAL_OF = {v: k for k, v in KLINE_INTERVALS.items()}
+
+REST_BASE = "https://api.bybit.com"
+ACCOUNT_RATIO_PATH = "/v5/market/account-ratio"
+#: account-ratio period -> ours (LongShortRatio.period)
+ACCOUNT_RATIO_PERIODS = {"5min": "5m", "15min": "15m", "30min": "30m", "1h": "1h", "4h": "4h", "1d": "1d"}
+ACCOUNT_RATIO_PERIOD_OF = {v: k for k, v in ACCOUNT_RATIO_PERIODS.items()}
+#: decimals of the computed long/short ratio (buyRatio / sellRatio); Bybit's shares have 4
+RATIO_PLACES = Decimal("0.0001")
 
 _IGNORED = ParseResult()
 _IGNORED_DATA = ParseResult(data=True)
@@ -77,12 +97,33 @@ def trade_topic(native: str) -> str:
     return f"publicTrade.{native}"
 
 
+#: trade rows: WebSocket publicTrade and REST recent-trade spell the fields differently
+WS_TRADE = TradeRow("i", "p", "v", "S", "T", {"Buy": "buy", "Sell": "sell"})
+REST_TRADE = TradeRow("execId", "price", "size", "side", "time", {"Buy": "buy", "Sell": "sell"})
+
+
 def orderbook_topic(native: str, depth: int = 50) -> str:
     return f"orderbook.{depth}.{native}"
 
 
 def ticker_topic(native: str) -> str:
     return f"tickers.{native}"
+
+
+def kline_topic(native: str, interval: str) -> str:
+    """``kline.{bybit interval}.{symbol}`` for one of our intervals (``1h`` -> ``kline.60.BTCUSDT``)."""
+    bybit = INTERVAL_OF.get(interval)
+    if bybit is None:
+        raise ValueError(f"bybit: no kline interval {interval!r} (have {', '.join(INTERVAL_OF)})")
+    return f"kline.{bybit}.{native}"
+
+
+def account_ratio_url(native: str, period: str = "5m", category: str = "linear", limit: int = 1) -> str:
+    """GET /v5/market/account-ratio for one symbol; ``period`` in our spelling (5m, 1h ...)."""
+    bybit = ACCOUNT_RATIO_PERIOD_OF.get(period)
+    if bybit is None:
+        raise ValueError(f"bybit: account-ratio period must be one of {', '.join(ACCOUNT_RATIO_PERIOD_OF)}")
+    return f"{REST_BASE}{ACCOUNT_RATIO_PATH}?category={category}&symbol={native}&period={bybit}&limit={limit}"
 
 
 def liquidation_topic(native: str) -> str:
@@ -144,7 +185,11 @@ _TICKER_FIELDS = {
     "bid1Size": "bid_qty", "ask1Price": "ask_price", "ask1Size": "ask_qty", "markPrice": "mark_price",
     "indexPrice": "index_price", "fundingRate": "funding_rate", "openInterest": "open_interest",
 }
-_KEPT = (*_TICKER_FIELDS, "price24hPcnt", "nextFundingTime")
+_KEPT = (*_TICKER_FIELDS, "price24hPcnt", "nextFundingTime", "openInterestValue")
+#: what a tickers topic is published as: Ticker, and (linear) OpenInterest when the open interest
+#: changed, Funding when the funding rate or time changed (deltas carry only changed fields)
+TICKER_TYPES = frozenset({"ticker", "open_interest", "funding"})
+_TICKER_ONLY = frozenset({"ticker"})
 
 
 class BybitTickerMerger:
@@ -209,18 +254,21 @@ def _pct(fraction: str) -> str:
 # ---- parsing ----
 
 class BybitParser:
-    """The parser of one category connection: the symbol map plus the ticker merge state."""
+    """The parser of one category connection: the symbol map plus the ticker merge state.
+    ``ticker_types``: which of :data:`TICKER_TYPES` the tickers topics are published as."""
 
-    def __init__(self, symbols: SymbolMap) -> None:
+    def __init__(self, symbols: SymbolMap, ticker_types: frozenset[str] = _TICKER_ONLY) -> None:
         self.symbols = symbols
         self.tickers = BybitTickerMerger(len(symbols))
+        self.ticker_types = ticker_types
 
     def parse(self, raw: str | bytes, rx_ns: int, rx_ms: int) -> ParseResult:
-        return parse_message(raw, self.symbols, rx_ns, rx_ms, self.tickers)
+        return parse_message(raw, self.symbols, rx_ns, rx_ms, self.tickers, self.ticker_types)
 
 
 def parse_message(raw: str | bytes, symbols: SymbolMap, rx_ns: int, rx_ms: int,
-                  tickers: BybitTickerMerger | None = None) -> ParseResult:
+                  tickers: BybitTickerMerger | None = None,
+                  ticker_types: frozenset[str] = _TICKER_ONLY) -> ParseResult:
     """One Bybit frame -> events, book messages and flags. Pure except for ``tickers`` (the merge
     state); without it a ticker delta cannot be completed and is skipped."""
     if not isinstance(raw, (str, bytes)):
@@ -236,24 +284,26 @@ def parse_message(raw: str | bytes, symbols: SymbolMap, rx_ns: int, rx_ms: int,
         return _parse_control(msg)
     if type(topic) is not str:
         return _GARBAGE
-    res = _parse_topic(msg, topic, symbols, rx_ns, rx_ms, tickers)
+    res = _parse_topic(msg, topic, symbols, rx_ns, rx_ms, tickers, ticker_types)
     return with_topic(res, topic, _SHARED) if res.data and len(topic) <= 200 else res
 
 
 def _parse_topic(msg: dict, topic: str, symbols: SymbolMap, rx_ns: int, rx_ms: int,
-                 tickers: BybitTickerMerger | None) -> ParseResult:
+                 tickers: BybitTickerMerger | None, ticker_types: frozenset[str]) -> ParseResult:
     kind, _, rest = topic.partition(".")
     if kind == "publicTrade":
         return _parse_trades(msg, symbols, rx_ns, rx_ms)
     if kind == "orderbook":
         return _parse_book(msg, symbols, rx_ms)
     if kind == "tickers":
-        return _parse_ticker(msg, symbols, rx_ns, rx_ms, tickers)
+        return _parse_ticker(msg, symbols, rx_ns, rx_ms, tickers, ticker_types)
     if kind == "allLiquidation":
         return _parse_all_liquidation(msg, symbols, rx_ns, rx_ms)
     if kind == "liquidation":
         return _parse_legacy_liquidation(msg, symbols, rx_ns, rx_ms)
-    return _IGNORED_DATA  # another public topic (kline ...): market data we do not normalize
+    if kind == "kline":
+        return _parse_kline(msg, rest, symbols, rx_ns, rx_ms)
+    return _IGNORED_DATA  # another public topic (lt, insurance ...): market data we do not normalize
 
 
 def _parse_control(msg: dict) -> ParseResult:
@@ -285,15 +335,12 @@ def _parse_trades(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> Pars
         if entry is None:
             rejected += 1
             continue
-        trade_id, price, qty, side, ts = d.get("i"), d.get("p"), d.get("v"), d.get("S"), ms_int(d.get("T"))
-        if (not is_safe_id(trade_id) or not is_decimal_str(price) or not is_decimal_str(qty)
-                or side not in ("Buy", "Sell") or ts is None):
-            errors += 1
-            continue
         # S is the taker's side; BT (block trade) and RPI flags are not distinguished
-        events.append(Trade(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=d["s"],
-                            trade_id=trade_id, price=price, qty=qty, side="buy" if side == "Buy" else "sell",
-                            ts_exchange=ts, ts_receive=rx_ms).to_wire(rx_ns))
+        ev = trade_from_row(d, WS_TRADE, EXCHANGE, d["s"], entry, rx_ns, rx_ms)
+        if ev is None:
+            errors += 1
+        else:
+            events.append(ev)
     return ParseResult(events=events, data=True, rejected=rejected, parse_errors=errors)
 
 
@@ -328,7 +375,7 @@ def _parse_book(msg: dict, symbols: SymbolMap, rx_ms: int) -> ParseResult:
 
 
 def _parse_ticker(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int,
-                  tickers: BybitTickerMerger | None) -> ParseResult:
+                  tickers: BybitTickerMerger | None, ticker_types: frozenset[str] = _TICKER_ONLY) -> ParseResult:
     d, kind, ts = msg.get("data"), msg.get("type"), ms_int(msg.get("ts"))
     cs = msg.get("cs", 0)
     if type(d) is not dict:
@@ -348,12 +395,28 @@ def _parse_ticker(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int,
         merged = fields if kind == "snapshot" else None
     if merged is None:
         return _IGNORED_DATA  # a delta before any snapshot: nothing complete to publish
-    values = {attr: merged.get(key, "") for key, attr in _TICKER_FIELDS.items()}
-    next_funding = merged.get("nextFundingTime", "")
-    ticker = Ticker(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
-                    ts_receive=rx_ms, change_pct=_pct(merged.get("price24hPcnt", "")),
-                    next_funding_time=ms_int(next_funding) or 0, seq=cs, **values)
-    return ParseResult(events=[ticker.to_wire(rx_ns)], data=True)
+    next_funding = ms_int(merged.get("nextFundingTime", "")) or 0
+    events = []
+    if "ticker" in ticker_types:
+        values = {attr: merged.get(key, "") for key, attr in _TICKER_FIELDS.items()}
+        ticker = Ticker(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
+                        ts_receive=rx_ms, change_pct=_pct(merged.get("price24hPcnt", "")),
+                        next_funding_time=next_funding, seq=cs, **values)
+        events.append(ticker.to_wire(rx_ns))
+    # a delta names only what changed: open interest / funding events are published on change
+    if ("open_interest" in ticker_types and ("openInterest" in fields or "openInterestValue" in fields)
+            and merged.get("openInterest")):
+        events.append(OpenInterest(
+            exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
+            ts_receive=rx_ms, open_interest=merged["openInterest"],   # contracts (base coin on linear)
+            open_interest_value=merged.get("openInterestValue", "")).to_wire(rx_ns))
+    if ("funding" in ticker_types and ("fundingRate" in fields or "nextFundingTime" in fields)
+            and merged.get("fundingRate")):
+        events.append(Funding(
+            exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
+            ts_receive=rx_ms, funding_rate=merged["fundingRate"], next_funding_time=next_funding,
+            mark_price=merged.get("markPrice", ""), index_price=merged.get("indexPrice", "")).to_wire(rx_ns))
+    return ParseResult(events=events, data=True)
 
 
 def _liquidation(entry: tuple[str, str], native: str, position: Any, price: Any, qty: Any, ts: int | None,
@@ -407,18 +470,95 @@ def _parse_legacy_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: 
     return ParseResult(events=[wire], data=True)
 
 
+def _parse_kline(msg: dict, rest: str, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
+    """``kline.{interval}.{symbol}``: the candles carry no symbol, so the topic names it."""
+    bybit_interval, _, native = rest.partition(".")
+    interval = KLINE_INTERVALS.get(bybit_interval)
+    entry = _entry(symbols, native)
+    data, ts = msg.get("data"), ms_int(msg.get("ts"))
+    if interval is None or not native or type(data) is not list or ts is None:
+        return _MALFORMED_DATA
+    if entry is None:
+        return _REJECTED
+    events, errors = [], 0
+    for d in data:
+        if type(d) is not dict:
+            errors += 1
+            continue
+        start, end, confirm = ms_int(d.get("start")), ms_int(d.get("end")), d.get("confirm")
+        prices = [d.get(k) for k in ("open", "high", "low", "close", "volume")]
+        turnover = opt_decimal(d.get("turnover"))
+        if (start is None or end is None or type(confirm) is not bool or turnover is None
+                or d.get("interval", bybit_interval) != bybit_interval or not all(map(is_decimal_str, prices))):
+            errors += 1
+            continue
+        events.append(Kline(
+            exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native, ts_exchange=ts,
+            ts_receive=rx_ms, interval=interval, open_time=start, close_time=end, open=prices[0],
+            high=prices[1], low=prices[2], close=prices[3], volume=prices[4], quote_volume=turnover,
+            closed=confirm).to_wire(rx_ns))   # no trade count is sent: trades stays 0
+    return ParseResult(events=events, data=True, parse_errors=errors)
+
+
+def _rest_result(body: Any) -> tuple[dict | None, str | None]:
+    """(result, error) of a Bybit v5 REST body: ``{"retCode": 0, "retMsg": "OK", "result": {...}}``."""
+    return rest_envelope(body, EXCHANGE, "retCode", 0, "retMsg", "result", dict)
+
+
+def long_short_ratio(buy: str, sell: str) -> str:
+    """buyRatio / sellRatio to 4 decimals (half-even), exact decimal arithmetic; "" when sell is 0."""
+    try:
+        b, s = Decimal(buy), Decimal(sell)
+        return "" if s == 0 else format((b / s).quantize(RATIO_PLACES, rounding=ROUND_HALF_EVEN), "f")
+    except InvalidOperation:
+        return ""
+
+
+def parse_rest_account_ratio(body: Any, symbols: SymbolMap, period: str, rx_ns: int, rx_ms: int) -> ParseResult:
+    """GET /v5/market/account-ratio -> :class:`LongShortRatio` (kind ``global_account``: shares of
+    all holders), oldest first. ``period`` is the request's, in our spelling (5m, 1h ...)."""
+    if period not in ACCOUNT_RATIO_PERIOD_OF:
+        raise ValueError(f"bybit: account-ratio period must be one of {', '.join(ACCOUNT_RATIO_PERIOD_OF)}")
+    result, error = _rest_result(body)
+    if error is not None:
+        return ParseResult(error=error)
+    rows = result.get("list") if result is not None else None
+    if type(rows) is not list:
+        return _GARBAGE
+    out = ParseResult(data=True)
+    for row in reversed(rows):
+        entry = _entry(symbols, row.get("symbol")) if type(row) is dict else False
+        if entry is None:
+            out.rejected += 1
+            continue
+        buy, sell = (row.get("buyRatio"), row.get("sellRatio")) if entry else (None, None)
+        ts = ms_int(row.get("timestamp")) if entry else None
+        if entry is False or ts is None or not is_decimal_str(buy) or not is_decimal_str(sell):
+            out.parse_errors += 1
+            continue
+        out.events.append(LongShortRatio(
+            exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=row["symbol"], ts_exchange=ts,
+            ts_receive=rx_ms, kind="global_account", period=period, ratio=long_short_ratio(buy, sell),
+            long_pct=buy, short_pct=sell).to_wire(rx_ns))
+    return out
+
+
 # ---- market-data runtime glue (see base.MARKET_DATA_MODULES) ----
 #
 # One feed per category (spot, linear); topics are the subscription names the frames carry.
-# Funding rate and open interest arrive inside the linear ticker (Ticker fields), not as their
-# own types; klines are not normalized yet.
+# Funding rate and open interest arrive inside the linear ticker: besides the Ticker they are
+# published as Funding / OpenInterest events when they change (one tickers topic serves all three).
+# The long/short account ratio is a REST poll per linear symbol.
 
 MD_SUPPORTED: dict[str, tuple[str, ...]] = {
-    "spot": ("trade", "book", "ticker"),
-    "perp": ("trade", "book", "ticker", "liquidation"),
+    "spot": ("trade", "book", "ticker", "kline"),
+    "perp": ("trade", "book", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short"),
 }
 #: REST budget: 600 requests / 5 s per IP; no depth snapshots are fetched (WS snapshots)
 _NO_REST = (1, 1.0, 1.0)
+#: account-ratio polls stay below this many requests per second (the IP's 120/s is shared with
+#: the instruments poll; the ratio only changes once per period)
+LONG_SHORT_MAX_RATE = 2.0
 
 
 def _md_markets(cfg: Any) -> list[str]:
@@ -447,7 +587,18 @@ def book_depth_for(category: str, depth: int) -> int:
 
 
 def market_data_problem(cfg: Any) -> str | None:
-    return unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED, hint="funding and open interest are in the linear ticker")
+    problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED)
+    if problem is not None:
+        return problem
+    markets = _md_markets(cfg)
+    wanted = {c for m in markets for c in cfg.md_channels(MD_SUPPORTED[m])}
+    if "kline" in wanted:
+        bad = [i for i in cfg.kline_intervals if i not in INTERVAL_OF]
+        if bad:
+            return f"kline_intervals: {', '.join(bad)} not available on bybit"
+    if "long_short" in wanted and "perp" in markets and cfg.long_short_period not in ACCOUNT_RATIO_PERIOD_OF:
+        return f"long_short_period: bybit has {', '.join(ACCOUNT_RATIO_PERIOD_OF)} only"
+    return None
 
 
 def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
@@ -457,6 +608,7 @@ def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
         channels = cfg.md_channels(MD_SUPPORTED[market])
         symbols = md_symbols(cfg, market)
         depth = book_depth_for(category, cfg.book_depth)
+        ticker_types = TICKER_TYPES.intersection(channels)
         topics: list[str] = []
         for native in symbols:
             for c in channels:
@@ -464,17 +616,33 @@ def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
                     topics.append(trade_topic(native))
                 elif c == "book":
                     topics.append(orderbook_topic(native, depth))
-                elif c == "ticker":
-                    topics.append(ticker_topic(native))
                 elif c == "liquidation":
                     topics.append(liquidation_topic(native))
+                elif c == "kline":
+                    topics.extend(kline_topic(native, i) for i in cfg.kline_intervals if i in INTERVAL_OF)
+            if ticker_types:   # ticker, funding and open interest share the tickers topic
+                topics.append(ticker_topic(native))
         if topics:
-            feeds.append((BybitMdFeed(category, symbols, depth if "book" in channels else None), topics))
+            feeds.append((BybitMdFeed(category, symbols, depth if "book" in channels else None,
+                                      frozenset(ticker_types)), topics))
     return feeds
 
 
 def market_data_polls(cfg: Any) -> list[RestPoll]:
-    return []
+    """The long/short account ratio (all holders), one request per linear symbol, newest sample."""
+    if "perp" not in _md_markets(cfg) or "long_short" not in cfg.md_channels(MD_SUPPORTED["perp"]):
+        return []
+    period = cfg.long_short_period
+    if period not in ACCOUNT_RATIO_PERIOD_OF:
+        return []
+    symbols = md_symbols(cfg, "perp")
+    interval = max(cfg.rest_poll_interval, len(symbols) / LONG_SHORT_MAX_RATE)
+    return [RestPoll(account_ratio_url(native, period), 1, interval, _ls_parser(symbols, period),
+                     f"long_short_global_account {native}") for native in symbols]
+
+
+def _ls_parser(symbols: SymbolMap, period: str) -> Callable[[Any, int, int], ParseResult]:
+    return lambda body, rx_ns, rx_ms: parse_rest_account_ratio(body, symbols, period, rx_ns, rx_ms)
 
 
 def book_snapshot_request(market: str, native: str, cfg: Any) -> RestPoll | None:
@@ -499,13 +667,14 @@ class BybitMdFeed(WsFeed):
     #: 500 connections per 5 minutes per domain
     connect_rate = 1.0
 
-    def __init__(self, category: str, symbols: SymbolMap, book_depth: int | None = None) -> None:
+    def __init__(self, category: str, symbols: SymbolMap, book_depth: int | None = None,
+                 ticker_types: frozenset[str] = _TICKER_ONLY) -> None:
         self.category = category
         self.symbols = symbols
         self.book_depth = book_depth
         self.market = "spot" if category == "spot" else "perp"
         self.label = f"md {category}"
-        self.parser = BybitParser(symbols)
+        self.parser = BybitParser(symbols, ticker_types)
 
     def ws_url(self, streams: Sequence[str]) -> str:
         return ws_url(self.category)
@@ -528,3 +697,50 @@ class BybitMdFeed(WsFeed):
         if self.book_depth is None or market != self.market or native not in self.symbols:
             return None
         return orderbook_topic(native, self.book_depth)
+
+
+# ---- REST trade history (gap fill) ----
+#
+# GET /v5/market/recent-trade?category=&symbol=&limit=: only the most RECENT trades, newest first
+# (spot limit 1..60, linear/inverse 1..1000); no cursor, no older page. Rows ``{execId, symbol,
+# price, size, side, time (ms string), isBlockTrade[, seq, isRPITrade]}``; ``execId`` is the
+# WebSocket trade's ``i``. Trade ids are not ordered (linear: UUIDs), so a gap is bounded by time:
+# what the page covers is filled, the rest of the gap gets a marker.
+
+TRADES_REST_BASE = "https://api.bybit.com"
+RECENT_TRADE_PATH = "/v5/market/recent-trade"
+#: the largest page per category (docs)
+RECENT_TRADE_LIMITS = {"spot": 60, "linear": 1000, "inverse": 1000}
+
+
+def recent_trade_url(category: str, native: str, limit: int | None = None) -> str:
+    """The most recent trades of ``native`` (the category's largest page by default)."""
+    most = RECENT_TRADE_LIMITS.get(category)
+    if most is None:
+        raise ValueError(f"bybit: no recent-trade category {category!r}")
+    if not is_safe_id(native) or not native.isalnum():
+        raise ValueError(f"bybit: bad symbol {str(native)[:40]!r}")
+    limit = most if limit is None else limit
+    if type(limit) is not int or not 1 <= limit <= most:
+        raise ValueError(f"bybit: recent-trade limit must be 1..{most} on {category}")
+    return f"{TRADES_REST_BASE}{RECENT_TRADE_PATH}?category={category}&symbol={native}&limit={limit}"
+
+
+def parse_rest_trades(body: Any, native: str, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
+    """recent-trade body -> Trade events (``source`` rest), in the body's order (newest first)."""
+    entry = symbols.get(native) if type(native) is str else None
+    if entry is None:
+        return ParseResult(rejected=1)
+    result, error = _rest_result(body)
+    if error is not None:
+        return ParseResult(error=error)
+    rows = result.get("list") if result is not None else None
+    if type(rows) is not list:
+        return _GARBAGE
+    return rest_trade_rows(rows, REST_TRADE, "symbol", EXCHANGE, native, entry, rx_ns, rx_ms)
+
+
+def trade_stream_native(stream: str) -> str | None:
+    """The symbol of a ``publicTrade.<symbol>`` topic, else None."""
+    kind, _, native = stream.partition(".")
+    return native if kind == "publicTrade" and native else None

@@ -400,6 +400,67 @@ def volatility_channel(index_name: str) -> str:
     return f"deribit_volatility_index.{index_name}"
 
 
+# ---------------------------------------------------------------- REST trade history (gap fill)
+#
+# ``GET /api/v2/public/get_last_trades_by_instrument_and_time?instrument_name=&start_timestamp=
+# &end_timestamp=&count=&sorting=asc`` (JSON-RPC over HTTP): ``{"result": {"trades": [...],
+# "has_more": bool}}``, count <= 1000, both bounds inclusive. Trade rows are the WebSocket
+# ``trades`` items (same ``trade_id``). The gap is bounded by time: our trade events carry the
+# trade id and time, not ``trade_seq``; overlaps at the bounds are dropped by the publisher's dedup.
+# The HTTP client decodes the body with float numbers: a price is printed back with ``repr``,
+# the shortest text of the same double, which is how Deribit's encoder writes it.
+
+REST_BASE = "https://www.deribit.com"
+TRADES_BY_TIME_PATH = "/api/v2/public/get_last_trades_by_instrument_and_time"
+TRADES_PAGE_COUNT = 1000
+
+
+def trades_by_time_url(instrument: str, start_ms: int, end_ms: int, count: int = TRADES_PAGE_COUNT) -> str:
+    """Trades of ``instrument`` with ``start_ms <= timestamp <= end_ms``, oldest first."""
+    if symbol_entry(instrument) is None:
+        raise ValueError(f"not a deribit instrument: {str(instrument)[:40]!r}")
+    if not (_ts(start_ms) and _ts(end_ms) and start_ms <= end_ms):
+        raise ValueError(f"bad time range {start_ms!r}..{end_ms!r}")
+    if type(count) is not int or not 1 <= count <= TRADES_PAGE_COUNT:
+        raise ValueError(f"count must be 1..{TRADES_PAGE_COUNT}")
+    return (f"{REST_BASE}{TRADES_BY_TIME_PATH}?instrument_name={instrument}&start_timestamp={start_ms}"
+            f"&end_timestamp={end_ms}&count={count}&sorting=asc")
+
+
+def _rest_num(v: Any) -> Any:
+    return repr(v) if type(v) is float and v == v and v not in (float("inf"), float("-inf")) else v
+
+
+def parse_rest_trades(body: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> tuple[ParseResult, bool]:
+    """A get_last_trades_by_instrument(_and_time) body -> (Trade events with ``source`` rest in the
+    body's order, has_more)."""
+    if isinstance(body, (str, bytes, bytearray)):
+        try:
+            body = _loads(body)
+        except (ValueError, RecursionError):
+            return _GARBAGE, False
+    if type(body) is not dict:
+        return _GARBAGE, False
+    if "error" in body:
+        return ParseResult(error=_error_text(body["error"])), False
+    result = body.get("result")
+    trades = result.get("trades") if type(result) is dict else None
+    if type(trades) is not list:
+        return _GARBAGE, False
+    rows = [{**t, "price": _rest_num(t.get("price")), "amount": _rest_num(t.get("amount"))}
+            if type(t) is dict else t for t in trades]
+    res = _trades(rows, symbols, rx_ns, rx_ms)
+    for ev in res.events:
+        ev[3] += ["source", "rest"]   # the same fields Trade(source="rest") writes
+    return res, result.get("has_more") is True
+
+
+def trade_stream_native(stream: str) -> str | None:
+    """The instrument of a ``trades.<instrument>.<interval>`` channel, else None."""
+    parts = stream.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == "trades" and parts[1] else None
+
+
 # ---------------------------------------------------------------- market-data runtime glue
 #
 # One feed on /ws/api/v2: ``public/set_heartbeat`` (30 s) then ``public/subscribe`` in chunks;
@@ -549,7 +610,8 @@ class DeribitMdFeed(WsFeed):
 
     def book_stream(self, market: str, native: str) -> str | None:
         entry = self.symbols.get(native)
-        if not self.books or entry is None or entry[1] != market:
+        # the DVOL index (market "index") shares the symbol map but has no book
+        if not self.books or entry is None or entry[1] != market or market not in MD_SUPPORTED:
             return None
         return book_channel(native)
 

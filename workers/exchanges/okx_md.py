@@ -33,6 +33,7 @@ symbol map as ``rejected``; nothing raises on bad input.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,6 +42,7 @@ import orjson
 from shared.marketdata import (
     Bbo, BookMsg, Funding, Kline, Level, Liquidation, LongShortRatio, OpenInterest, Ticker, Trade,
 )
+from shared.events import WireEvent
 from shared.symbols import canonical
 
 from .base import (
@@ -117,6 +119,55 @@ def seq_int(value: Any) -> int | None:
 
 def is_safe_id(value: Any) -> bool:
     return type(value) is str and _ID_RE.match(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRow:
+    """Where a venue's trade row (string-typed: OKX, Bybit) keeps each field, and how it spells the
+    taker's side."""
+
+    trade_id: str
+    price: str
+    qty: str
+    side: str
+    ts: str
+    sides: Mapping[str, str]   # the venue's side value -> buy | sell
+
+
+def trade_from_row(d: dict, row: TradeRow, exchange: str, native: str, entry: tuple[str, str], rx_ns: int,
+                   rx_ms: int, source: str = "") -> WireEvent | None:
+    """One trade row -> a Trade wire event, or None when a field is missing or malformed."""
+    trade_id, price, qty, ts = d.get(row.trade_id), d.get(row.price), d.get(row.qty), ms_int(d.get(row.ts))
+    raw_side = d.get(row.side)
+    side = row.sides.get(raw_side) if type(raw_side) is str else None
+    if not is_safe_id(trade_id) or not is_decimal_str(price) or not is_decimal_str(qty) or side is None or ts is None:
+        return None
+    return Trade(exchange=exchange, market=entry[1], symbol=entry[0], native_symbol=native, trade_id=trade_id,
+                 price=price, qty=qty, side=side, ts_exchange=ts, ts_receive=rx_ms, source=source).to_wire(rx_ns)
+
+
+def rest_trade_rows(rows: list, row: TradeRow, symbol_key: str, exchange: str, native: str,
+                    entry: tuple[str, str], rx_ns: int, rx_ms: int) -> ParseResult:
+    """A REST trade-history page of ``native`` -> Trade events (``source`` rest) in the page's
+    order; rows naming another instrument are rejected, malformed ones counted."""
+    out = ParseResult(data=True)
+    for d in rows:
+        if type(d) is not dict:
+            out.parse_errors += 1
+            continue
+        if d.get(symbol_key, native) != native:
+            out.rejected += 1
+            continue
+        ev = trade_from_row(d, row, exchange, native, entry, rx_ns, rx_ms, source="rest")
+        if ev is None:
+            out.parse_errors += 1
+        else:
+            out.events.append(ev)
+    return out
+
+
+#: OKX trade rows (WebSocket ``trades-all`` / ``trades`` and REST history-trades): side is the taker's
+OKX_TRADE = TradeRow("tradeId", "px", "sz", "side", "ts", {"buy": "buy", "sell": "sell"})
 
 
 def no_dedup_without_time(wire: list, ts_exchange: int) -> list:
@@ -352,15 +403,14 @@ def _trade(out: _Out, msg: dict, d: Any, native: str, entry: tuple[str, str], ch
     if type(d) is not dict:
         out.errors += 1
         return
-    trade_id, px, sz, side, ts = d.get("tradeId"), d.get("px"), d.get("sz"), d.get("side"), ms_int(d.get("ts"))
-    if (not is_safe_id(trade_id) or not is_decimal_str(px) or not is_decimal_str(sz)
-            or side not in ("buy", "sell") or ts is None):
+    # side is the taker's side. ``trades-all`` (what we subscribe) is one fill per row, like REST
+    # history-trades; a ``trades`` row aggregates the fills of one taker order (``count``, tradeId =
+    # the last fill's id) and is still parsed the same way
+    ev = trade_from_row(d, OKX_TRADE, EXCHANGE, native, entry, rx_ns, rx_ms)
+    if ev is None:
         out.errors += 1
-        return
-    # side is the taker's side; an aggregated trade (``count``) is one taker order
-    out.events.append(Trade(exchange=EXCHANGE, market=entry[1], symbol=entry[0], native_symbol=native,
-                            trade_id=trade_id, price=px, qty=sz, side=side, ts_exchange=ts,
-                            ts_receive=rx_ms).to_wire(rx_ns))
+    else:
+        out.events.append(ev)
 
 
 def _levels(raw: Any) -> list[Level] | None:
@@ -577,8 +627,11 @@ _CANDLE_HANDLERS: dict[str, Handler] = {"candle" + bar: _candle_handler(v) for b
 
 # ---- REST ----
 
-def _rest_body(body: Any) -> tuple[list | None, str | None]:
-    """(data, error) of an OKX REST body (bytes/str or already parsed)."""
+def rest_envelope(body: Any, exchange: str, code_key: str, ok_code: Any, msg_key: str, payload_key: str,
+                  payload_type: type) -> tuple[Any, str | None]:
+    """(payload, error) of a venue's REST envelope ``{code, msg, payload}`` (bytes/str or parsed):
+    (payload, None) when the code is ``ok_code`` and the payload a ``payload_type``; (None, the
+    venue's error text) on another code; (None, None) when it is not such an envelope."""
     if isinstance(body, (str, bytes)):
         try:
             body = orjson.loads(body)
@@ -586,11 +639,16 @@ def _rest_body(body: Any) -> tuple[list | None, str | None]:
             return None, None
     if type(body) is not dict:
         return None, None
-    code = body.get("code")
-    if code != "0":
-        return None, f"okx error {short_repr(code)}: {short_repr(body.get('msg'))}"
-    data = body.get("data")
-    return (data, None) if type(data) is list else (None, None)
+    code = body.get(code_key)
+    if code != ok_code:
+        return None, f"{exchange} error {short_repr(code)}: {short_repr(body.get(msg_key))}"
+    payload = body.get(payload_key)
+    return (payload, None) if type(payload) is payload_type else (None, None)
+
+
+def _rest_body(body: Any) -> tuple[list | None, str | None]:
+    """(data, error) of an OKX REST body: ``{"code": "0", "msg": "", "data": [...]}``."""
+    return rest_envelope(body, EXCHANGE, "code", "0", "msg", "data", list)
 
 
 def parse_rest_books(body: Any, inst_id: str, symbols: SymbolMap, rx_ms: int) -> ParseResult:
@@ -646,10 +704,63 @@ def parse_rest_long_short_account_ratio(body: Any, native: str, symbols: SymbolM
     return ParseResult(events=events, data=True, parse_errors=errors)
 
 
+# ---- REST trade history (gap fill) ----
+#
+# GET /api/v5/market/history-trades?instId=&type=1&after=<tradeId>&limit=100: trades with a
+# tradeId below ``after``, newest first, at most 100 per page, 20 requests / 2 s per IP (docs);
+# the last 3 months are kept. tradeIds are numeric strings that grow per instrument (compared as
+# integers, not assumed contiguous). Rows: ``{instId, side, sz, px, tradeId, ts[, source]}``.
+
+HISTORY_TRADES_PATH = "/api/v5/market/history-trades"
+HISTORY_TRADES_LIMIT = 100
+
+
+def history_trades_url(inst_id: str, after: int | None = None, limit: int = HISTORY_TRADES_LIMIT) -> str:
+    """One page of ``inst_id``'s trades older than tradeId ``after`` (None = the newest)."""
+    if market_of(inst_id) is None or not is_safe_id(inst_id):
+        raise ValueError(f"okx: bad instId {str(inst_id)[:40]!r}")
+    if type(limit) is not int or not 1 <= limit <= HISTORY_TRADES_LIMIT:
+        raise ValueError(f"okx: history-trades limit must be 1..{HISTORY_TRADES_LIMIT}")
+    url = f"{REST_BASE}{HISTORY_TRADES_PATH}?instId={inst_id}&type=1&limit={limit}"
+    if after is not None:
+        if type(after) is not int or after < 0:
+            raise ValueError(f"okx: bad tradeId cursor {after!r}")
+        url += f"&after={after}"
+    return url
+
+
+def parse_rest_trades(body: Any, inst_id: str, symbols: SymbolMap, rx_ns: int, rx_ms: int) -> ParseResult:
+    """history-trades / trades body -> Trade events (``source`` rest) in the body's order (newest
+    first); rows of another instrument are rejected."""
+    entry = symbols.get(inst_id) if type(inst_id) is str else None
+    if entry is None:
+        return ParseResult(rejected=1)
+    data, error = _rest_body(body)
+    if error is not None:
+        return ParseResult(error=error)
+    if data is None:
+        return _GARBAGE
+    return rest_trade_rows(data, OKX_TRADE, "instId", EXCHANGE, inst_id, entry, rx_ns, rx_ms)
+
+
+#: the channel our ``trade`` data type is collected from: one fill per row (the public ``trades``
+#: channel aggregates fills per taker order, so its ids skip and its rows would not match the
+#: fills REST history-trades returns to a gap fill)
+TRADE_CHANNEL = "trades-all"
+#: channels whose rows are trades (``trades`` kept readable: harmless if an old subscription lingers)
+TRADE_CHANNELS = frozenset({TRADE_CHANNEL, "trades"})
+
+
+def trade_stream_native(stream: str) -> str | None:
+    """The instId of a ``trades-all:<instId>`` (or ``trades:<instId>``) stream, else None."""
+    channel, _, inst_id = stream.partition(":")
+    return inst_id if channel in TRADE_CHANNELS and inst_id else None
+
+
 # ---- market-data runtime glue (see base.MARKET_DATA_MODULES) ----
 #
-# One /ws/v5/public feed (books, bbo-tbt, tickers, trades, funding-rate, open-interest,
-# liquidation-orders) and one /ws/v5/business feed (candles). A stream is named
+# One /ws/v5/public feed (books, bbo-tbt, tickers, funding-rate, open-interest, liquidation-orders)
+# and one /ws/v5/business feed (trades-all, candles). A stream is named
 # ``channel:instId`` (``liquidation-orders:SWAP`` for the per-instType channel): exactly the topic
 # the parser reports. Few large subscribe requests; resubscribing one stream costs 2 of the 480
 # ops per connection-hour, so it is paced at 150 per hour.
@@ -658,7 +769,7 @@ MD_SUPPORTED: dict[str, tuple[str, ...]] = {
     "spot": ("trade", "book", "bbo", "ticker", "kline"),
     "perp": ("trade", "book", "bbo", "ticker", "kline", "funding", "open_interest", "liquidation", "long_short"),
 }
-_MD_CHANNELS = {"trade": "trades", "book": "books", "bbo": "bbo-tbt", "ticker": "tickers",
+_MD_CHANNELS = {"book": "books", "bbo": "bbo-tbt", "ticker": "tickers",
                 "funding": "funding-rate", "open_interest": "open-interest"}
 #: our long/short period -> rubik's
 RUBIK_PERIOD_OF = {v: k for k, v in RUBIK_PERIODS.items()}
@@ -715,6 +826,8 @@ def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
             for c in channels:
                 if c == "kline":
                     business.extend(f"{candle_channel(i)}:{native}" for i in cfg.kline_intervals)
+                elif c == "trade":
+                    business.append(f"{TRADE_CHANNEL}:{native}")
                 elif c in _MD_CHANNELS:
                     public.append(f"{_MD_CHANNELS[c]}:{native}")
         if market == "perp" and "liquidation" in channels and cfg.symbols:
@@ -774,7 +887,9 @@ def book_rest_budget(cfg: Any) -> tuple[int, float, float]:
 
 
 class OkxMdFeed(WsFeed):
-    """An OKX public (or business: candles) market-data connection group."""
+    """An OKX public (or business: trades-all, candles) market-data connection group. Both paths
+    have the same limits (3 connects/s per IP, 480 ops per connection-hour, 64 KB of args) and
+    the same keep-alive (cut after 30 s without a push: text ping when idle)."""
 
     name = "okx"
     default_ws_base = "wss://ws.okx.com:8443"
@@ -816,7 +931,8 @@ class OkxMdFeed(WsFeed):
 
     def watch_topic(self, stream: str) -> bool:
         # candles are pushed every second or so whatever the activity; the rest is event-driven
-        # (books send a keep-alive only about once a minute; funding every 30-90 s)
+        # (trades-all only when something trades; books send a keep-alive only about once a
+        # minute; funding every 30-90 s)
         return stream.startswith("candle")
 
     def book_stream(self, market: str, native: str) -> str | None:
