@@ -354,3 +354,16 @@ def unsupported_channels(cfg: Any, exchange: str, supported: Mapping[str, Any], 
         return None
     return (f"channels: {', '.join(missing)} not available on {exchange} {'/'.join(markets)} "
             f"(available: {', '.join(sorted(have))}{'; ' + hint if hint else ''})")
+
+
+def interval_and_period_problem(cfg: Any, exchange: str, wanted: set[str], markets: Sequence[str],
+                                intervals: Mapping[str, Any], periods: Mapping[str, Any]) -> str | None:
+    """A one-line error when configured kline intervals or the long/short period are not among the
+    exchange's (``intervals`` / ``periods``: our spelling -> theirs), for the channels ``wanted``."""
+    if "kline" in wanted:
+        bad = [i for i in cfg.kline_intervals if i not in intervals]
+        if bad:
+            return f"kline_intervals: {', '.join(bad)} not available on {exchange}"
+    if "long_short" in wanted and "perp" in markets and cfg.long_short_period not in periods:
+        return f"long_short_period: {exchange} has {', '.join(periods)} only"
+    return None

@@ -38,7 +38,8 @@ from shared.marketdata import BookMsg, Funding, Kline, Level, Liquidation, LongS
 
 from .base import (
     SymbolMap, symbol_entry as _entry,
-    KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
+    KeepAlive, ParseResult, RestPoll, WsFeed, interval_and_period_problem, md_markets, short_repr,
+    unsupported_channels, with_topic,
 )
 from .okx_md import (
     TradeRow, is_decimal_str, is_safe_id, ms_int, opt_decimal, rest_envelope, rest_trade_rows, seq_int, trade_from_row,
@@ -505,6 +506,15 @@ def _rest_result(body: Any) -> tuple[dict | None, str | None]:
     return rest_envelope(body, EXCHANGE, "retCode", 0, "retMsg", "result", dict)
 
 
+def _rest_list(body: Any) -> tuple[list | None, ParseResult | None]:
+    """(``result.list``, None), or (None, the result to return: the exchange's error or garbage)."""
+    result, error = _rest_result(body)
+    if error is not None:
+        return None, ParseResult(error=error)
+    rows = result.get("list") if result is not None else None
+    return (rows, None) if type(rows) is list else (None, _GARBAGE)
+
+
 def long_short_ratio(buy: str, sell: str) -> str:
     """buyRatio / sellRatio to 4 decimals (half-even), exact decimal arithmetic; "" when sell is 0."""
     try:
@@ -519,12 +529,9 @@ def parse_rest_account_ratio(body: Any, symbols: SymbolMap, period: str, rx_ns: 
     all holders), oldest first. ``period`` is the request's, in our spelling (5m, 1h ...)."""
     if period not in ACCOUNT_RATIO_PERIOD_OF:
         raise ValueError(f"bybit: account-ratio period must be one of {', '.join(ACCOUNT_RATIO_PERIOD_OF)}")
-    result, error = _rest_result(body)
-    if error is not None:
-        return ParseResult(error=error)
-    rows = result.get("list") if result is not None else None
-    if type(rows) is not list:
-        return _GARBAGE
+    rows, failed = _rest_list(body)
+    if failed is not None:
+        return failed
     out = ParseResult(data=True)
     for row in reversed(rows):
         entry = _entry(symbols, row.get("symbol")) if type(row) is dict else False
@@ -592,13 +599,7 @@ def market_data_problem(cfg: Any) -> str | None:
         return problem
     markets = _md_markets(cfg)
     wanted = {c for m in markets for c in cfg.md_channels(MD_SUPPORTED[m])}
-    if "kline" in wanted:
-        bad = [i for i in cfg.kline_intervals if i not in INTERVAL_OF]
-        if bad:
-            return f"kline_intervals: {', '.join(bad)} not available on bybit"
-    if "long_short" in wanted and "perp" in markets and cfg.long_short_period not in ACCOUNT_RATIO_PERIOD_OF:
-        return f"long_short_period: bybit has {', '.join(ACCOUNT_RATIO_PERIOD_OF)} only"
-    return None
+    return interval_and_period_problem(cfg, EXCHANGE, wanted, markets, INTERVAL_OF, ACCOUNT_RATIO_PERIOD_OF)
 
 
 def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
@@ -731,12 +732,9 @@ def parse_rest_trades(body: Any, native: str, symbols: SymbolMap, rx_ns: int, rx
     entry = symbols.get(native) if type(native) is str else None
     if entry is None:
         return ParseResult(rejected=1)
-    result, error = _rest_result(body)
-    if error is not None:
-        return ParseResult(error=error)
-    rows = result.get("list") if result is not None else None
-    if type(rows) is not list:
-        return _GARBAGE
+    rows, failed = _rest_list(body)
+    if failed is not None:
+        return failed
     return rest_trade_rows(rows, REST_TRADE, "symbol", EXCHANGE, native, entry, rx_ns, rx_ms)
 
 

@@ -47,7 +47,8 @@ from shared.symbols import canonical
 
 from .base import (
     SymbolMap,
-    KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, short_repr, unsupported_channels, with_topic,
+    KeepAlive, ParseResult, RestPoll, WsFeed, interval_and_period_problem, md_markets, short_repr,
+    unsupported_channels, with_topic,
 )
 
 EXCHANGE = "okx"
@@ -803,14 +804,7 @@ def market_data_problem(cfg: Any) -> str | None:
     problem = unsupported_channels(cfg, EXCHANGE, MD_SUPPORTED)
     if problem is not None:
         return problem
-    wanted = _wanted(cfg)
-    if "kline" in wanted:
-        bad = [i for i in cfg.kline_intervals if i not in INTERVAL_TO_BAR]
-        if bad:
-            return f"kline_intervals: {', '.join(bad)} not available on okx"
-    if "long_short" in wanted and "perp" in markets and cfg.long_short_period not in RUBIK_PERIOD_OF:
-        return f"long_short_period: okx has {', '.join(RUBIK_PERIOD_OF)} only"
-    return None
+    return interval_and_period_problem(cfg, EXCHANGE, _wanted(cfg), markets, INTERVAL_TO_BAR, RUBIK_PERIOD_OF)
 
 
 def market_data_feeds(cfg: Any) -> list[tuple[WsFeed, list[str]]]:
