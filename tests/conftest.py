@@ -3,6 +3,8 @@ settings for spawned processes. fakeredis is only for narrow unit tests of pure 
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import shutil
 import signal
@@ -48,6 +50,21 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.05, what: str = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def until(pred, timeout: float = 5.0, what: str = "condition") -> None:
+    """The asyncio form of :func:`wait_until` (polls every 10 ms on the running loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_async(coro, timeout: float = 30.0) -> None:
+    """Run ``coro`` to completion on a new loop, failing the test after ``timeout`` seconds."""
+    asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 class RedisServer:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -202,19 +203,16 @@ class _Ctx:
 # ---------------------------------------------------------------- per exchange
 
 
-class _Strategy:
+class _Strategy(ABC):
     """How one exchange's history is paged. ``contiguous``: ids without holes (a gap is known
     exactly); ``ordered``: numeric ids that grow; neither: bounded by time."""
 
     contiguous = False
     ordered = False
 
-    def __init__(self, feed_symbols: Any = None) -> None:
-        pass
-
+    @abstractmethod
     def stream_symbol(self, feed: WsFeed, stream: str) -> tuple[str, str, str, bool] | None:
         """(market, canonical, native, agg) of a trade stream of ``feed``, else None."""
-        raise NotImplementedError
 
     def data_type(self, market: str, agg: bool) -> str:
         """The stream type the trades of such a stream are published to."""
@@ -230,9 +228,9 @@ class _Strategy:
             return mark.num > than.num
         return mark.ts >= than.ts and mark.trade_id != than.trade_id
 
+    @abstractmethod
     async def fill(self, ctx: _Ctx) -> bool:
         """Fetch and publish the gap; markers for what cannot be had. True = filled completely."""
-        raise NotImplementedError
 
 
 def _symbols_entry(feed: WsFeed, native: str) -> tuple[str, str] | None:

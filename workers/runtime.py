@@ -3,11 +3,11 @@
 Entry: :func:`worker_main` (spawned by the supervisor). Inside, :class:`Worker` wires
 - the adapter (``workers.exchanges.get_adapter``),
 - a :class:`~workers.channel.PublisherChannel` to the publisher's Unix socket,
-- a :class:`~workers.transport.ws.WsManager` for the configured symbols' trade streams,
 - an instruments poller on a :class:`~workers.transport.rest.RestClient` (listing detection),
-- with ``market_data: true``, a :class:`~workers.marketdata.MarketData` (market-data feeds, one
-  book engine, REST snapshots and polls; trades then come from its feeds, on every selected
-  market, instead of the spot trade stream),
+  and one :class:`~workers.transport.ws.WsManager` per instrument push channel,
+- a :class:`~workers.marketdata.MarketData` (market-data feeds, one book engine, REST snapshots
+  and polls, trade gap fill) with ``market_data: true``, or, trades only, for the spot trade
+  stream alone (``channels: [trade]``, ``markets: [spot]``),
 and reports stats in every beat. On ``link.stop_requested``: WebSocket and poller stop first
 (no new data accepted), then the channel writes out everything it holds, then exit 0.
 """
@@ -60,7 +60,6 @@ class Worker:
         self.cfg: ExchangeSettings | None = getattr(settings.exchanges, exchange, None)
         self.adapter: ExchangeAdapter | None = None
         self.channel: PublisherChannel | None = None
-        self.ws: WsManager | None = None
         #: listing push channels (instrument updates between polls)
         self.push: list[WsManager] = []
         self.pushed_updates = 0
@@ -93,10 +92,9 @@ class Worker:
             return f"config error: exchanges.{self.exchange}.symbols: {exc}"
         cfg, adapter = self.cfg, self.adapter
         wants_md = False
-        if (cfg.trades and cfg.symbols and not cfg.market_data and adapter.supports_trades
-                and adapter.supports_market_data):
-            # trades only: the spot trade stream runs on the market-data path all the same, so it
-            # gets the REST gap fill after a reconnect and the resume after a worker restart
+        if cfg.trades and cfg.symbols and not cfg.market_data and adapter.supports_trades:
+            # trades only: the spot trade stream runs on the market-data path (the only trade
+            # path), so it gets the REST gap fill after a reconnect and the resume after a restart
             cfg = self.md_cfg = cfg.model_copy(update={"market_data": True, "channels": ["trade"],
                                                        "markets": ["spot"]})
         if cfg.market_data:
@@ -111,10 +109,8 @@ class Worker:
                 problem = f"symbols: {exc}"
             if problem is not None:
                 return f"config error: exchanges.{self.exchange}.{problem}"
-        # with market data on, trades come from the market-data feeds
-        wants_trades = cfg.trades and bool(cfg.symbols) and adapter.supports_trades and not cfg.market_data
         self.wants_md = wants_md
-        if not wants_trades and not self.listings_on and not wants_md:
+        if not self.listings_on and not wants_md:
             return (f"config error: exchanges.{self.exchange}: nothing to collect "
                     f"(set symbols with trades=true or market_data=true, or listings=true)")
         return None
@@ -138,9 +134,6 @@ class Worker:
         self.channel.start()
         await link.start(self.stats)
 
-        if cfg.trades and cfg.symbols and adapter.supports_trades and not cfg.market_data and self.md_cfg is None:
-            self.ws = WsManager(adapter, cfg, self.channel.put_many, backpressure=self.channel.backpressure)
-            await self.ws.start(adapter.trade_streams())
         if cfg.listings and not adapter.supports_listings:
             log.info("%s has no listings source: listings ignored", self.exchange)
         if self.listings_on or self.wants_md:
@@ -210,7 +203,7 @@ class Worker:
                              return_exceptions=True)
         if self.md is not None:
             await self.md.stop()
-        for mgr in ([self.ws] if self.ws is not None else []) + self.push:
+        for mgr in self.push:
             try:
                 await asyncio.wait_for(mgr.stop(), 5.0)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - stopping must go on
@@ -318,11 +311,9 @@ class Worker:
     # ---- stats (beat payload) ----
     def stats(self) -> dict[str, Any]:
         ch = self.channel.stats() if self.channel is not None else {}
-        ws = self.ws.stats() if self.ws is not None else {}
         push = [m.stats() for m in self.push]
-        # the data connections: the trade stream and/or the market-data feeds
-        md_ws = [m.stats() for m in self.md.managers] if self.md is not None else []
-        data_ws = ([ws] if ws else []) + md_ws
+        # the data connections: the market-data feeds (trades included)
+        data_ws = [m.stats() for m in self.md.managers] if self.md is not None else []
         rest = self.rest.stats() if self.rest is not None else {}
         self._note_errors()
         circuit = rest.get("circuit", "CLOSED")
@@ -370,7 +361,7 @@ class Worker:
 
     def _note_errors(self) -> None:
         """last_error = the most recent new error of any component (checked once per beat)."""
-        comps = [("ws", self.ws), ("rest", self.rest), ("channel", self.channel), ("md", self.md),
+        comps = [("rest", self.rest), ("channel", self.channel), ("md", self.md),
                  *((f"push{i}", m) for i, m in enumerate(self.push)),
                  *((f"md{i}", m) for i, m in enumerate(self.md.managers if self.md is not None else []))]
         for name, comp in comps:

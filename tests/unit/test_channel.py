@@ -10,6 +10,7 @@ from typing import Awaitable
 
 from shared import ipc
 from shared.settings import ChannelSettings
+from tests.conftest import run_async, until
 from workers.channel import PublisherChannel
 
 
@@ -77,17 +78,8 @@ def ev(i: int, pad: int = 0) -> list:
             ["trade_id", str(i), "pad", "x" * pad], i]
 
 
-async def until(pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def run(coro: Awaitable[None], timeout: float = 20.0) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
+    run_async(coro, timeout)
 
 
 def chan(path: Path, **kw) -> PublisherChannel:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import time
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -15,7 +14,7 @@ from aiohttp import WSMsgType, web
 
 from shared.events import fields_to_dict
 from shared.settings import DEFAULT_MAXLEN, ConfigError, ExchangeSettings, Settings, load_settings
-from tests.conftest import FIXTURES, serve_app
+from tests.conftest import FIXTURES, run_async, serve_app, until
 from workers.exchanges import get_adapter
 from workers.exchanges.base import ExchangeAdapter
 from workers.marketdata import MarketData, book_config
@@ -33,17 +32,7 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-async def until(pred: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def run(coro: Awaitable[None], timeout: float = 30.0) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
+run = run_async
 
 
 Script = Callable[["ExchangeServer", web.WebSocketResponse, int], Awaitable[None]]

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from shared.events import fields_to_dict
 from shared.settings import ExchangeSettings
-from tests.conftest import serve_app
+from tests.conftest import serve_app, until
 from workers.exchanges.base import ParseResult
 from workers.exchanges.binance import BinanceSpot
 from workers.transport.ws import WsManager
@@ -81,15 +81,6 @@ class WsServer:
         async for msg in ws:
             self.received.append((n, time.monotonic(), msg.type, msg.data))
         self.closed_at.setdefault(n, time.monotonic())
-
-
-async def until(pred: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cfg_for(server: WsServer, **kw) -> ExchangeSettings:

@@ -106,6 +106,16 @@ def symbol_entry(symbols: SymbolMap, native: Any) -> tuple[str, str] | None | bo
     return symbols.get(native)
 
 
+def entry_or(symbols: SymbolMap, native: Any, malformed: "ParseResult", rejected: "ParseResult"
+             ) -> "tuple[str, str] | ParseResult":
+    """``symbols[native]``, or the parser's result to return instead: ``malformed`` when ``native``
+    is not even a string, ``rejected`` when it is unknown (hostile, or not configured)."""
+    entry = symbol_entry(symbols, native)
+    if entry is False:
+        return malformed
+    return rejected if entry is None else entry  # type: ignore[return-value]
+
+
 class InstrumentList(list):
     """``list[InstrumentInfo]`` plus how many entries were rejected (hostile or invalid names)."""
 

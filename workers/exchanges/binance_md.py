@@ -29,7 +29,7 @@ from shared.marketdata import (
 from shared.symbols import is_safe_native_symbol
 
 from .base import KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, unsupported_channels, with_topic
-from .base import SymbolMap, symbol_entry as _entry
+from .base import SymbolMap, entry_or, symbol_entry as _entry
 
 EXCHANGE = "binance"
 
@@ -194,11 +194,9 @@ def _one(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) 
 def _trade(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int, *,
            agg: bool = False) -> ParseResult:
     native = d.get("s")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     x = d.get("X")
     if x is not None and x != "MARKET":
         return _IGNORED_DATA  # futures insurance-fund / ADL fill: not a market trade
@@ -229,11 +227,9 @@ def _event_ts(d: dict) -> int:
 
 def _depth_update(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
     native = d.get("s")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     symbol, market = entry
     first, last, pu = d.get("U"), d.get("u"), d.get("pu")
     bids, asks = _levels(d.get("b")), _levels(d.get("a"))
@@ -272,11 +268,9 @@ def _spot_partial_depth(d: dict, stream: str | None, symbols: Symbols, rx_ns: in
 
 def _book_ticker(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
     native = d.get("s")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     u, b, bq, a, aq = d.get("u"), d.get("b"), d.get("B"), d.get("a"), d.get("A")
     if type(u) is not int or not (_udec(b) and _udec(bq) and _udec(a) and _udec(aq)):
         return _MALFORMED
@@ -292,11 +286,9 @@ def _kline(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int
     if type(k) is not dict:
         return _MALFORMED
     native = d.get("s", k.get("s"))
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     interval, t0, t1, n, closed, ts = k.get("i"), k.get("t"), k.get("T"), k.get("n"), k.get("x"), d.get("E")
     o, h, lo, c, v, q = k.get("o"), k.get("h"), k.get("l"), k.get("c"), k.get("v"), k.get("q")
     if (interval not in KLINE_INTERVALS or not _ts(t0) or not _ts(t1) or type(n) is not int
@@ -320,11 +312,9 @@ def _opt(d: dict, key: str) -> str | None:
 
 def _ticker(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
     native = d.get("s")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     ts = d.get("E")
     c, o, h, lo, v, q, pct = d.get("c"), d.get("o"), d.get("h"), d.get("l"), d.get("v"), d.get("q"), d.get("P")
     # futures 24hrTicker has no best bid/ask
@@ -341,11 +331,9 @@ def _ticker(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: in
 
 def _mark_price(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
     native = d.get("s")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     ts, mark, index, rate, nxt = d.get("E"), d.get("p"), d.get("i", ""), d.get("r"), d.get("T")
     # dated contracts send r "" and T 0
     if (not _ts(ts) or not _ts(nxt) or not _udec(mark) or not (index == "" or _udec(index))
@@ -362,11 +350,9 @@ def _force_order(d: dict, stream: str | None, symbols: Symbols, rx_ns: int, rx_m
     if type(o) is not dict:
         return _MALFORMED
     native = o.get("s")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     side, price, qty = o.get("S"), o.get("p"), o.get("q")
     ts = o.get("T", d.get("E"))
     if side not in ("BUY", "SELL") or not _udec(price) or not _udec(qty) or not _ts(ts):
@@ -421,11 +407,9 @@ def parse_open_interest(body: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> 
     if failed is not None:
         return failed
     native = body.get("symbol")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     oi, ts = body.get("openInterest"), body.get("time")
     if not _udec(oi) or not _ts(ts):
         return _MALFORMED

@@ -37,7 +37,7 @@ import orjson
 from shared.marketdata import BookMsg, Funding, Kline, Level, Liquidation, LongShortRatio, OpenInterest, Ticker
 
 from .base import (
-    SymbolMap, symbol_entry as _entry,
+    SymbolMap, entry_or, symbol_entry as _entry,
     KeepAlive, ParseResult, RestPoll, WsFeed, interval_and_period_problem, md_markets, short_repr,
     unsupported_channels, with_topic,
 )
@@ -360,11 +360,9 @@ def _parse_book(msg: dict, symbols: SymbolMap, rx_ms: int) -> ParseResult:
     d, kind, ts = msg.get("data"), msg.get("type"), ms_int(msg.get("ts"))
     if type(d) is not dict:
         return _MALFORMED_DATA
-    entry = _entry(symbols, d.get("s"))
-    if entry is False:
-        return _MALFORMED_DATA
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, d.get("s"), _MALFORMED_DATA, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     bids, asks, u = _levels(d.get("b")), _levels(d.get("a")), seq_int(d.get("u"))
     if bids is None or asks is None or u is None or ts is None or kind not in ("snapshot", "delta"):
         return _MALFORMED_DATA
@@ -381,11 +379,9 @@ def _parse_ticker(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: int,
     cs = msg.get("cs", 0)
     if type(d) is not dict:
         return _MALFORMED_DATA
-    entry = _entry(symbols, d.get("symbol"))
-    if entry is False:
-        return _MALFORMED_DATA
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, d.get("symbol"), _MALFORMED_DATA, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     fields = _ticker_fields(d)
     if fields is None or ts is None or kind not in ("snapshot", "delta") or seq_int(cs) is None:
         return _MALFORMED_DATA
@@ -459,11 +455,9 @@ def _parse_legacy_liquidation(msg: dict, symbols: SymbolMap, rx_ns: int, rx_ms: 
     d = msg.get("data")
     if type(d) is not dict:
         return _MALFORMED_DATA
-    entry = _entry(symbols, d.get("symbol"))
-    if entry is False:
-        return _MALFORMED_DATA
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, d.get("symbol"), _MALFORMED_DATA, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     wire = _liquidation(entry, d["symbol"], d.get("side"), d.get("price"), d.get("size"),
                         ms_int(d.get("updatedTime")), rx_ns, rx_ms)
     if wire is None:

@@ -24,7 +24,7 @@ from shared.marketdata import BookMsg, Level, Ticker, Trade, VolatilityIndex
 from shared.symbols import canonical
 
 from .base import (
-    SymbolMap, symbol_entry as _entry,
+    SymbolMap, entry_or, symbol_entry as _entry,
     ExchangeAdapter, KeepAlive, ParseResult, RestPoll, WsFeed, md_markets, unsupported_channels, with_topic,
 )
 
@@ -198,11 +198,9 @@ def _book(data: Any, symbols: Symbols, rx_ms: int) -> ParseResult:
     if type(data) is not dict:
         return _MALFORMED
     native = data.get("instrument_name")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     kind, ts, change_id, prev = data.get("type"), data.get("timestamp"), data.get("change_id"), data.get("prev_change_id")
     bids, asks = _book_side(data.get("bids")), _book_side(data.get("asks"))
     if (type(change_id) is not int or not _ts(ts) or bids is None or asks is None
@@ -229,11 +227,9 @@ def _ticker(data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseResult:
     if type(data) is not dict:
         return _MALFORMED
     native = data.get("instrument_name")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     ts, stats = data.get("timestamp"), data.get("stats")
     if stats is None:
         stats = {}
@@ -270,11 +266,9 @@ def _volatility(data: Any, symbols: Symbols, rx_ns: int, rx_ms: int) -> ParseRes
     if type(data) is not dict:
         return _MALFORMED
     native = data.get("index_name")
-    entry = _entry(symbols, native)
-    if entry is False:
-        return _MALFORMED
-    if entry is None:
-        return _REJECTED
+    entry = entry_or(symbols, native, _MALFORMED, _REJECTED)
+    if type(entry) is ParseResult:
+        return entry
     ts, value = data.get("timestamp"), _unum(data.get("volatility"))
     if not _ts(ts) or value is None:
         return _MALFORMED
